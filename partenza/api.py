@@ -1,0 +1,392 @@
+"""The control socket: JSON requests, one object a line, and the event stream.
+
+Every request is `{"v": 1, "id": ..., "op": ..., ...params}`; every reply
+carries the same `v` and `id` and either `"ok": true, "result": {...}` or
+`"ok": false, "error": {"message": ..., "hint": ...}`. Streaming requests
+(`subscribe`, `logs` with `follow`) answer once, then send messages carrying
+`event` or `log` on the same connection until the client hangs up. The
+protocol is written down for other tools in `docs/protocol.md`.
+
+The socket is created mode 0600 in a 0700 folder, and a connecting peer's
+uid (SO_PEERCRED) must be root's or the orchestrator's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from partenza import __version__
+from partenza.errors import PartenzaError, did_you_mean
+from partenza.orchestrator import (
+    BLOCKED,
+    FAILED,
+    INACTIVE,
+    READY,
+    STOPPED,
+    Orchestrator,
+    Unit,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = 1
+MAX_REQUEST = 1 << 20
+QUEUE_LIMIT = 10000
+"""Messages queued for one streaming client before it is cut off as too slow."""
+
+Params = dict[str, Any]
+
+
+class RequestError(PartenzaError):
+    """A request that cannot be served; sent back as the error of the reply."""
+
+
+class _Connection:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        await self.writer.drain()
+
+
+class ControlServer:
+    """Serves the control socket for one orchestrator."""
+
+    def __init__(self, orchestrator: Orchestrator, path: Path) -> None:
+        self.orchestrator = orchestrator
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+        self._ops: dict[str, Callable[[Params, _Connection, Any], Awaitable[Any]]] = {
+            "hello": self._hello,
+            "status": self._status,
+            "why": self._why,
+            "plan": self._plan,
+            "logs": self._logs,
+            "start": self._start,
+            "stop": self._stop,
+            "restart": self._restart,
+            "shutdown": self._shutdown,
+            "subscribe": self._subscribe,
+        }
+
+    async def start(self) -> None:
+        """Bind the socket.
+
+        Raises:
+            PartenzaError: another orchestrator answers on it, or it cannot be made.
+        """
+        folder = self.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise PartenzaError(
+                f"cannot create {folder}: {exc.strerror}",
+                "set PARTENZA_RUNTIME_DIR to a folder you may write",
+            ) from None
+        if self.path.exists() or self.path.is_symlink():
+            if _answers(self.path):
+                raise PartenzaError(
+                    f"another orchestrator is running on {self.path}",
+                    "stop it with `partenza shutdown`, or set PARTENZA_RUNTIME_DIR",
+                )
+            self.path.unlink()
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(
+                self._accept, path=str(self.path), limit=MAX_REQUEST
+            )
+        except OSError as exc:
+            raise PartenzaError(
+                f"cannot listen on {self.path}: {exc.strerror}"
+            ) from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for task in list(self._clients):
+            task.cancel()
+        if self._clients:
+            await asyncio.wait(self._clients, timeout=1.0)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        try:
+            if not self._allowed(writer):
+                return
+            await self._serve(_Connection(reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _allowed(self, writer: asyncio.StreamWriter) -> bool:
+        sock = writer.get_extra_info("socket")
+        try:
+            creds = sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+            )
+        except OSError:
+            return False
+        pid, uid, _ = struct.unpack("3i", creds)
+        if uid in (0, os.geteuid()):
+            return True
+        log.warning("control socket: refused pid %d of uid %d", pid, uid)
+        return False
+
+    async def _serve(self, conn: _Connection) -> None:
+        while True:
+            try:
+                line = await conn.reader.readline()
+            except ValueError:
+                await conn.send(
+                    _error(None, "request too long", f"at most {MAX_REQUEST} bytes")
+                )
+                return
+            if not line:
+                return
+            if not line.strip():
+                continue
+            request_id: Any = None
+            try:
+                request = json.loads(line)
+                if not isinstance(request, dict):
+                    raise RequestError("a request must be a JSON object")
+                request_id = request.get("id")
+                version = request.get("v")
+                if version != PROTOCOL:
+                    raise RequestError(
+                        f"protocol version {version!r} is not spoken here",
+                        f'send "v": {PROTOCOL}',
+                    )
+                op = request.get("op")
+                handler = self._ops.get(op) if isinstance(op, str) else None
+                if handler is None:
+                    guess = did_you_mean(str(op), self._ops)
+                    raise RequestError(
+                        f"unknown op {op!r}",
+                        f"did you mean {guess!r}?"
+                        if guess
+                        else "ops: " + ", ".join(self._ops),
+                    )
+                result = await handler(request, conn, request_id)
+            except json.JSONDecodeError as exc:
+                await conn.send(
+                    _error(request_id, f"not JSON: {exc.msg}", "one object a line")
+                )
+                continue
+            except PartenzaError as exc:
+                await conn.send(_error(request_id, exc.message, exc.hint))
+                continue
+            if result is _STREAMED:
+                return
+            await conn.send(
+                {"v": PROTOCOL, "id": request_id, "ok": True, "result": result}
+            )
+
+    # The requests.
+
+    def _unit(self, params: Params) -> Unit:
+        name = params.get("module")
+        if not isinstance(name, str):
+            raise RequestError(
+                "this request needs a module name", 'send "module": NAME'
+            )
+        try:
+            return self.orchestrator.unit(name)
+        except KeyError:
+            guess = did_you_mean(name, self.orchestrator.units)
+            hint = (
+                f"did you mean {guess!r}?" if guess else "`partenza status` lists them"
+            )
+            raise RequestError(f"unknown module {name!r}", hint) from None
+
+    async def _hello(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        return {"protocol": PROTOCOL, "version": __version__, "pid": os.getpid()}
+
+    async def _status(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        orchestrator = self.orchestrator
+        if params.get("module") is not None:
+            unit = self._unit(params)
+            return {
+                "system": orchestrator.system_record(),
+                "module": orchestrator.record(unit),
+            }
+        return orchestrator.snapshot()
+
+    async def _why(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        unit = self._unit(params)
+        return {"module": unit.name, "chain": self.orchestrator.why(unit.name)}
+
+    async def _plan(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        return self.orchestrator.plan.to_json()
+
+    async def _logs(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        unit = self._unit(params)
+        count = params.get("lines", 50)
+        if count is not None and (not isinstance(count, int) or count < 0):
+            raise RequestError(f"lines must be a count of 0 or more, got {count!r}")
+        lines = [line.to_json() for line in unit.log.tail(count)]
+        result = {"module": unit.name, "lines": lines}
+        if not params.get("follow"):
+            return result
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        def listener(line: Any) -> None:
+            if queue.qsize() >= QUEUE_LIMIT:
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait({"v": PROTOCOL, "id": rid, "log": line.to_json()})
+
+        unsubscribe = unit.log.subscribe(listener)
+        try:
+            await conn.send({"v": PROTOCOL, "id": rid, "ok": True, "result": result})
+            await self._pump(conn, queue, rid)
+        finally:
+            unsubscribe()
+        return _STREAMED
+
+    async def _subscribe(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+        def listener(event: dict[str, Any]) -> None:
+            if queue.qsize() >= QUEUE_LIMIT:
+                queue.put_nowait(None)
+            else:
+                queue.put_nowait({"v": PROTOCOL, "id": rid, "event": event})
+
+        unsubscribe = self.orchestrator.bus.subscribe(listener)
+        try:
+            snapshot = self.orchestrator.snapshot()
+            await conn.send({"v": PROTOCOL, "id": rid, "ok": True, "result": snapshot})
+            await self._pump(conn, queue, rid)
+        finally:
+            unsubscribe()
+        return _STREAMED
+
+    async def _pump(
+        self, conn: _Connection, queue: asyncio.Queue[dict[str, Any] | None], rid: Any
+    ) -> None:
+        """Forward queued messages until the client hangs up or falls behind."""
+        hangup = asyncio.ensure_future(conn.reader.read(1))
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait(
+                    {getter, hangup}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if not getter.done():
+                    getter.cancel()
+                    return
+                message = getter.result()
+                if message is None:
+                    await conn.send(
+                        _error(
+                            rid, "too slow: the stream fell behind", "subscribe again"
+                        )
+                    )
+                    return
+                await conn.send(message)
+        finally:
+            hangup.cancel()
+
+    async def _start(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        unit = self._unit(params)
+        self.orchestrator.start(unit.name)
+        timeout = unit.spec.ready.timeout + 5.0
+        return await self._wait(unit, params, timeout, _up_or_given_up)
+
+    async def _restart(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        unit = self._unit(params)
+        generation = unit.generation
+        self.orchestrator.restart(unit.name)
+        timeout = unit.spec.stop.timeout + unit.spec.ready.timeout + 5.0
+        return await self._wait(
+            unit,
+            params,
+            timeout,
+            lambda u: u.generation > generation and _up_or_given_up(u),
+        )
+
+    async def _stop(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        unit = self._unit(params)
+        self.orchestrator.stop(unit.name)
+        timeout = unit.spec.stop.timeout + 5.0
+        return await self._wait(unit, params, timeout, _down)
+
+    async def _wait(
+        self, unit: Unit, params: Params, timeout: float, wanted: Callable[[Unit], bool]
+    ) -> Any:
+        done = True
+        if params.get("wait", True):
+            limit = params.get("timeout", timeout)
+            if not isinstance(limit, (int, float)) or limit < 0:
+                raise RequestError(f"timeout must be seconds, 0 or more; got {limit!r}")
+            done = await self.orchestrator.settled(unit, wanted, float(limit))
+        return {"module": self.orchestrator.record(unit), "settled": done}
+
+    async def _shutdown(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        reason = params.get("reason") or "shutdown requested"
+        asyncio.get_running_loop().call_soon(self.orchestrator.shutdown, str(reason))
+        return {"state": "stopping"}
+
+
+_STREAMED = object()
+
+
+def _up_or_given_up(unit: Unit) -> bool:
+    if unit.busy and unit.state != READY:
+        return False
+    return unit.state in (READY, FAILED, BLOCKED) or (
+        unit.state == STOPPED and unit.completed
+    )
+
+
+def _down(unit: Unit) -> bool:
+    return not unit.busy and unit.state in (STOPPED, INACTIVE, FAILED, BLOCKED)
+
+
+def _error(request_id: Any, message: str, hint: str | None = None) -> dict[str, Any]:
+    error = {"message": message}
+    if hint:
+        error["hint"] = hint
+    return {"v": PROTOCOL, "id": request_id, "ok": False, "error": error}
+
+
+def _answers(path: Path) -> bool:
+    """Whether something accepts connections on the socket at `path`."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True

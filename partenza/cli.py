@@ -1,0 +1,368 @@
+"""`partenza ...`: the command line.
+
+Exit codes (also in `docs/cli.md`):
+
+| code | meaning                                                        |
+| ---- | -------------------------------------------------------------- |
+| 0    | done                                                           |
+| 1    | it did not work: the plan is invalid, a module failed or is    |
+|      | blocked, a request was refused, or a boot ended by a failure   |
+| 2    | the command line itself is wrong                               |
+| 3    | no orchestrator answers on the control socket                  |
+
+Commands that only talk to the socket import nothing heavy, so `partenza
+status` answers in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_RUNNING = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"partenza: {message} (see `{self.prog} --help`)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def _fail(message: str, hint: str | None = None, code: int = EXIT_FAILED) -> int:
+    sys.stderr.write(f"partenza: {message}{f' ({hint})' if hint else ''}\n")
+    return code
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    from partenza.paths import socket_path
+
+    return socket_path()
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    if args.state_dir:
+        return Path(args.state_dir)
+    from partenza.paths import state_dir
+
+    return state_dir()
+
+
+def _client(args: argparse.Namespace, timeout: float | None = 30.0) -> Any:
+    from partenza.client import Client
+
+    return Client(_socket(args), timeout=timeout)
+
+
+# Commands that read a plan folder.
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from partenza.boot import boot
+
+    return boot(
+        Path(args.plan),
+        state_dir=_state_dir(args),
+        socket=_socket(args),
+        use_cache=not args.no_cache,
+    )
+
+
+def _compile(args: argparse.Namespace, use_cache: bool) -> Any:
+    from partenza.errors import PlanError
+
+    try:
+        if use_cache:
+            from partenza.cache import load_plan
+
+            plan, _ = load_plan(Path(args.plan), _state_dir(args), use_cache=True)
+        else:
+            from partenza.plan import compile_plan
+
+            plan = compile_plan(Path(args.plan))
+    except PlanError as exc:
+        for problem in exc.problems:
+            sys.stderr.write(f"{problem}\n")
+        _fail(f"{args.plan}: {exc}", "fix them and run `partenza validate` again")
+        return None
+    return plan
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    plan = _compile(args, use_cache=False)
+    if plan is None:
+        return EXIT_FAILED
+    for note in plan.notes:
+        print(f"note: {note}")
+    count = len(plan.modules)
+    print(
+        f"{args.plan}: plan {plan.name} is valid: {count} module"
+        f"{'s' if count != 1 else ''}, {len(plan.active)} to start in "
+        f"{len(plan.waves)} waves"
+    )
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    plan = _compile(args, use_cache=not args.no_cache)
+    if plan is None:
+        return EXIT_FAILED
+    if args.json:
+        import json
+
+        print(json.dumps(plan.to_json(), indent=2))
+        return EXIT_OK
+    from partenza.render import plan_text
+
+    print(plan_text(plan))
+    return EXIT_OK
+
+
+# Commands that talk to a running orchestrator.
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from partenza import render
+
+    with _client(args) as client:
+        if args.module:
+            result = client.request("status", module=args.module)
+            if args.json:
+                return _print_json(result)
+            print(render.module_detail(result["module"]))
+            return EXIT_OK
+        result = client.request("status")
+    if args.json:
+        return _print_json(result)
+    width = _columns()
+    print(render.status_table(result, width))
+    return EXIT_OK
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.request("why", module=args.module)
+    for depth, reason in enumerate(result["chain"]):
+        print(("  " * depth) + ("<- " if depth else "") + reason)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from partenza import render
+
+    if args.lines < 0:
+        return _fail(
+            f"-n takes a count of 0 or more, got {args.lines}", code=EXIT_USAGE
+        )
+    with _client(args, timeout=None if args.follow else 30.0) as client:
+        messages = client.stream(
+            "logs", module=args.module, lines=args.lines, follow=args.follow
+        )
+        result = next(messages)
+        for line in result["lines"]:
+            print(render.log_line(line))
+        sys.stdout.flush()
+        if not args.follow:
+            return EXIT_OK
+        try:
+            for message in messages:
+                if "log" in message:
+                    print(render.log_line(message["log"]), flush=True)
+        except KeyboardInterrupt:
+            return EXIT_OK
+    return EXIT_OK
+
+
+def _control(args: argparse.Namespace, op: str) -> int:
+    with _client(args, timeout=None) as client:
+        result = client.request(op, module=args.module, wait=not args.no_wait)
+    record = result["module"]
+    if args.no_wait:
+        print(f"{record['name']}: {op} requested ({record['state']})")
+        return EXIT_OK
+    print(f"{record['name']}: {record['state']} ({record['reason']})")
+    if not result.get("settled"):
+        return _fail(
+            f"{record['name']} did not settle in time",
+            f"see `partenza logs {record['name']}`",
+        )
+    if op in ("start", "restart") and record["state"] in ("failed", "blocked"):
+        why = (
+            f"`partenza why {record['name']}`" if record["state"] == "blocked" else None
+        )
+        return _fail(
+            f"{record['name']} is {record['state']}",
+            why or f"see `partenza logs {record['name']}`",
+        )
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _control(args, "start")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    return _control(args, "stop")
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    return _control(args, "restart")
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    from partenza.client import ClientError
+
+    with _client(args, timeout=None) as client:
+        client.request("shutdown", reason="partenza shutdown")
+        if args.no_wait:
+            print("shutdown requested")
+            return EXIT_OK
+        # The orchestrator closes every connection once the last module stopped.
+        try:
+            for _ in client.stream("subscribe"):
+                pass
+        except ClientError:
+            pass
+    print("shutdown finished")
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from partenza import render
+
+    with _client(args, timeout=None) as client:
+        messages = client.stream("subscribe")
+        snapshot = next(messages)
+        if not args.json:
+            print(render.status_table(snapshot, _columns()), flush=True)
+        try:
+            for message in messages:
+                event = message.get("event")
+                if event is None:
+                    continue
+                if args.json:
+                    import json
+
+                    print(json.dumps(event), flush=True)
+                else:
+                    print(render.event_line(event), flush=True)
+        except KeyboardInterrupt:
+            return EXIT_OK
+    return EXIT_OK
+
+
+def _print_json(result: Any) -> int:
+    import json
+
+    print(json.dumps(result, indent=2))
+    return EXIT_OK
+
+
+def _columns() -> int:
+    if not sys.stdout.isatty():
+        return 0
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 80
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from partenza import __version__
+
+    parser = _Parser(
+        prog="partenza",
+        description="Boot, supervise and inspect a plan of modules.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"partenza {__version__}"
+    )
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help="the control socket (default: in PARTENZA_RUNTIME_DIR)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="logs and cache (default: PARTENZA_STATE_DIR)",
+    )
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser
+    )
+
+    def command(name: str, handler: Any, text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    sub = command("boot", cmd_boot, "boot a plan and supervise it on this terminal")
+    sub.add_argument("plan", metavar="PLAN", help="the plan folder")
+    sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
+    sub = command("validate", cmd_validate, "check a plan; list every problem")
+    sub.add_argument("plan", metavar="PLAN")
+    sub = command(
+        "plan", cmd_plan, "dry run: what would start, in which order, and why"
+    )
+    sub.add_argument("plan", metavar="PLAN")
+    sub.add_argument("--json", action="store_true", help="the compiled plan as JSON")
+    sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
+    sub = command("status", cmd_status, "the system and its modules, or one module")
+    sub.add_argument("module", metavar="MODULE", nargs="?")
+    sub.add_argument("--json", action="store_true")
+    sub = command(
+        "why", cmd_why, "why a module is in its state, down to the root cause"
+    )
+    sub.add_argument("module", metavar="MODULE")
+    sub = command("logs", cmd_logs, "a module's recent output")
+    sub.add_argument("module", metavar="MODULE")
+    sub.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
+    sub.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines"
+    )
+    for name, handler, text in (
+        ("start", cmd_start, "start a module (and what it requires)"),
+        ("stop", cmd_stop, "stop a module (and what requires it)"),
+        ("restart", cmd_restart, "stop a module and start it again"),
+    ):
+        sub = command(name, handler, text)
+        sub.add_argument("module", metavar="MODULE")
+        sub.add_argument(
+            "--no-wait", action="store_true", help="return without waiting"
+        )
+    sub = command("shutdown", cmd_shutdown, "stop every module and the orchestrator")
+    sub.add_argument("--no-wait", action="store_true", help="return without waiting")
+    sub = command("events", cmd_events, "follow the event stream")
+    sub.add_argument("--json", action="store_true", help="one JSON object a line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from partenza.client import ClientError, NotRunning
+
+    try:
+        return int(args.handler(args))
+    except NotRunning as exc:
+        return _fail(exc.message, exc.hint, EXIT_NOT_RUNNING)
+    except ClientError as exc:
+        return _fail(exc.message, exc.hint)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,598 @@
+"""Module manifests and plan settings: TOML files validated into pydantic models.
+
+A plan is a folder. Every `*.toml` file in it but `plan.toml` is the manifest of
+one module; `plan.toml`, if present, holds settings for the plan as a whole. The
+models below are the schema: the attribute docstring under each field is the
+reference text that `docs/manifest.md` is generated from.
+
+Loading never raises for bad input. `load_manifest` and `load_settings` return
+the model, or None and a list of `Problem`s that name the file, the field and
+the expected form.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import tomllib
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from partenza.errors import Problem, did_you_mean, suggestion
+from partenza.units import DURATION_FORM, SIZE_FORM, parse_duration, parse_size
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+NAME_FORM = (
+    "lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
+)
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+API_VERSION = re.compile(r"^(\d+)\.(\d+)$")
+SUPPORTED_API_MAJOR = 1
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise PydanticCustomError(
+            "duration",
+            "expected {form}, got {value}",
+            {"form": DURATION_FORM, "value": repr(value)},
+        )
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            "duration",
+            "expected {form}, got the bare number {value} "
+            "(write {value}s or {value}ms)",
+            {"form": DURATION_FORM, "value": repr(value)},
+        )
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise PydanticCustomError("duration", str(exc)) from None
+
+
+def _size(value: Any) -> int:
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise PydanticCustomError("size", str(exc)) from None
+
+
+def _argv(value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as exc:
+            raise PydanticCustomError(
+                "argv",
+                "cannot split {value} like a shell would: {error}",
+                {"value": repr(value), "error": str(exc)},
+            ) from None
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        argv = list(value)
+    else:
+        raise PydanticCustomError(
+            "argv",
+            "expected a command as a list of strings or one string, got {value}",
+            {"value": repr(value)},
+        )
+    if not argv or not argv[0]:
+        raise PydanticCustomError("argv", "the command is empty")
+    return argv
+
+
+def _signal(value: Any) -> str:
+    if isinstance(value, str):
+        name = value.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        if name in signal.Signals.__members__:
+            return name
+    raise PydanticCustomError(
+        "signal",
+        "expected a signal name like SIGTERM, SIGINT or SIGQUIT, got {value}",
+        {"value": repr(value)},
+    )
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+Argv = Annotated[list[str], BeforeValidator(_argv)]
+SignalName = Annotated[str, BeforeValidator(_signal)]
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        frozen=True,
+        strict=False,
+    )
+
+
+class _ReadyBase(_Strict):
+    timeout: Duration = 30.0
+    """How long the module may take to become ready before the start counts as
+    failed and its process group is stopped."""
+    interval: Duration = 0.1
+    """How often a polling check (tcp, exec, file) is tried while waiting."""
+
+
+class ReadyStarted(_ReadyBase):
+    """Ready as soon as the process has been started."""
+
+    kind: Literal["started"]
+    """`started`: the module is ready once its process exists."""
+
+
+class ReadyTcp(_ReadyBase):
+    """Ready when a TCP connection to host:port is accepted."""
+
+    kind: Literal["tcp"]
+    """`tcp`: the module is ready once a TCP port accepts a connection."""
+    port: int = Field(ge=1, le=65535)
+    """The TCP port to connect to, 1 to 65535."""
+    host: str = "127.0.0.1"
+    """The address to connect to."""
+
+
+class ReadyExec(_ReadyBase):
+    """Ready when a check command exits 0."""
+
+    kind: Literal["exec"]
+    """`exec`: the module is ready once a check command exits 0."""
+    command: Argv
+    """The check, as an argv list or a string split like a shell would. It runs
+    with the module's environment and working directory, every `interval`."""
+
+
+class ReadyFile(_ReadyBase):
+    """Ready when a file appears."""
+
+    kind: Literal["file"]
+    """`file`: the module is ready once a path exists."""
+    path: str
+    """The path to wait for; relative paths are taken from the working
+    directory."""
+
+
+class ReadyLog(_ReadyBase):
+    """Ready when a line of the module's output matches a pattern."""
+
+    kind: Literal["log"]
+    """`log`: the module is ready once a line of its output matches."""
+    pattern: str
+    """A Python regular expression searched for in each output line."""
+    stream: Literal["stdout", "stderr", "any"] = "any"
+    """Which output to watch."""
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise PydanticCustomError(
+                "regex", "not a valid regular expression: {error}", {"error": str(exc)}
+            ) from None
+        return value
+
+
+READY_KINDS = ("started", "tcp", "exec", "file", "log")
+
+ReadyCheck = Annotated[
+    ReadyStarted | ReadyTcp | ReadyExec | ReadyFile | ReadyLog,
+    Field(discriminator="kind"),
+]
+
+
+class Restart(_Strict):
+    """When a module's process ends, whether and how soon to start it again."""
+
+    policy: Literal["never", "on-failure", "always"] = "on-failure"
+    """`never`; `on-failure`: when it exits non-zero, is killed by a signal or
+    fails its ready check; `always`: whenever it ends, even with exit 0."""
+    delay: Duration = 0.1
+    """The first restart's delay. Each further restart within `window` doubles
+    it, up to `max_delay`."""
+    max_delay: Duration = 30.0
+    """The longest delay between two starts."""
+    limit: int = Field(default=5, ge=1)
+    """At most this many starts within `window`; one more and the module has
+    failed for good and its `on_failure` strategy applies."""
+    window: Duration = 60.0
+    """The sliding window over which starts are counted."""
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> Restart:
+        if self.max_delay < self.delay:
+            raise PydanticCustomError(
+                "order", "max_delay must not be shorter than delay"
+            )
+        return self
+
+
+class Stop(_Strict):
+    """How a module is stopped."""
+
+    signal: SignalName = "SIGTERM"
+    """The signal sent to the module's whole process group first."""
+    timeout: Duration = 10.0
+    """How long to wait after that signal before SIGKILL."""
+
+
+class Manifest(_Strict):
+    """One module: a long-lived program, what it needs and how to supervise it."""
+
+    name: Name | None = None
+    """The module's name; the file's name without `.toml` when left out."""
+    description: str = ""
+    """One line saying what the module is for; shown by `status` and `plan`."""
+    api_version: str = "1.0"
+    """The Partenza API version the module speaks, `MAJOR.MINOR`."""
+    compatibility: Literal["none", "backward", "forward", "both"] = "backward"
+    """Which other minor versions of the same major the module also works with:
+    `backward` (older), `forward` (newer), `both`, or `none` (only its own)."""
+    exec: Argv
+    """The program and its arguments, as a list or as one string split like a
+    shell would (no shell runs it). `${python}` stands for the interpreter
+    Partenza runs on and `${plan_dir}` for the plan's folder."""
+    env: dict[str, str] = {}
+    """Extra environment variables, on top of the orchestrator's own."""
+    workdir: str | None = None
+    """The working directory; relative to the plan's folder, which is also the
+    default."""
+    user: str | None = None
+    """The user to run as; only an orchestrator running as root can switch."""
+    group: str | None = None
+    """The group to run as; defaults to the user's primary group."""
+    provides: list[Name] = []
+    """Capabilities this module provides, besides its own name. Modules that
+    provide the same capability are alternatives: one is chosen."""
+    requires: list[Name] = []
+    """Hard dependencies, by module or capability: they must be ready before
+    this module starts, and if one fails for good this module is blocked."""
+    wants: list[Name] = []
+    """Soft dependencies: started first and waited for, but their failure or
+    absence does not stop this module."""
+    after: list[Name] = []
+    """Ordering only: if these are in the plan, start after they have settled;
+    they are not pulled in."""
+    sidecars: list[Name] = []
+    """Sidecar modules bound to this one; each starts, and is ready, first."""
+    sidecar: bool = False
+    """This module is a sidecar: it runs only for the target that names it."""
+    critical: bool = False
+    """The system cannot run without this module: when it fails for good the
+    system enters rescue and the bluescreen takes the console."""
+    priority: int = 0
+    """Among providers of the same capability, the highest priority is chosen;
+    ties go to the name first in alphabetical order."""
+    ready: ReadyCheck = ReadyStarted(kind="started")
+    """When the module counts as ready. Without this table: once started."""
+    restart: Restart = Restart()
+    """The restart policy, its backoff and its start limit."""
+    stop: Stop = Stop()
+    """The stop signal and timeout."""
+    on_failure: Literal["degrade", "failover", "shutdown", "bluescreen"] | None = None
+    """What to do once the module has failed for good: `degrade` (keep the rest
+    running, mark the system degraded), `failover` (start the next provider of
+    its capabilities), `shutdown` (stop the system in order) or `bluescreen`
+    (enter rescue on the console). Defaults to `bluescreen` for a critical
+    module and `degrade` otherwise."""
+
+    @field_validator("api_version")
+    @classmethod
+    def _api_version(cls, value: str) -> str:
+        match = API_VERSION.match(value)
+        if not match:
+            raise PydanticCustomError(
+                "api_version",
+                'expected a version MAJOR.MINOR like "1.0", got {value}',
+                {"value": repr(value)},
+            )
+        if int(match.group(1)) != SUPPORTED_API_MAJOR:
+            raise PydanticCustomError(
+                "api_version",
+                "this orchestrator speaks API {major}.x; {value} has another major",
+                {"major": SUPPORTED_API_MAJOR, "value": repr(value)},
+            )
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not ENV_NAME.match(key):
+                raise PydanticCustomError(
+                    "env_name",
+                    "{key} is not a valid variable name (letters, digits and '_')",
+                    {"key": repr(key)},
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        if self.critical and self.on_failure == "degrade":
+            raise PydanticCustomError(
+                "critical",
+                "a critical module cannot degrade; drop on_failure (it then "
+                "defaults to bluescreen) or set critical = false",
+            )
+        if self.sidecar and self.sidecars:
+            raise PydanticCustomError("sidecar", "a sidecar cannot have sidecars")
+        return self
+
+    @property
+    def failure_strategy(self) -> str:
+        """`on_failure`, with its default filled in."""
+        if self.on_failure:
+            return self.on_failure
+        return "bluescreen" if self.critical else "degrade"
+
+
+class LogSettings(_Strict):
+    """How module output is kept."""
+
+    ring_lines: int = Field(default=1000, ge=10)
+    """Lines of each module's output kept in memory for `logs` and the TUI."""
+    max_line: Size = 16384
+    """A longer line is split into pieces of this many bytes."""
+    file_size: Size = 4 * 1024 * 1024
+    """A module's log file is rotated when it reaches this size."""
+    file_keep: int = Field(default=3, ge=0)
+    """Rotated log files kept per module (`web.log.1` ... `web.log.N`)."""
+
+
+class PlanSettings(_Strict):
+    """Settings of a plan as a whole, from the optional `plan.toml`."""
+
+    name: Name | None = None
+    """The plan's name; the folder's name when left out."""
+    description: str = ""
+    """One line saying what the plan is for."""
+    prefer: dict[Name, Name] = {}
+    """A chosen provider per capability, over priorities: `{ db = "postgres" }`."""
+    logs: LogSettings = LogSettings()
+    """How module output is kept."""
+
+
+# Turning pydantic's errors into lines a person can act on.
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+    "float_type": "a number",
+}
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that holds the last element of `loc`, if there is one."""
+    current: type[BaseModel] | None = model
+    for part in loc[:-1]:
+        if current is None or not isinstance(part, str):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            # A tagged union puts the tag in the location: `ready.tcp.port`.
+            return current
+        current = _inner_model(field.annotation, loc, part)
+    return current
+
+
+def _inner_model(
+    annotation: Any, loc: tuple[Any, ...], part: str
+) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    args = typing.get_args(annotation)
+    index = loc.index(part)
+    tag = loc[index + 1] if index + 1 < len(loc) else None
+    for arg in args:
+        for candidate in typing.get_args(arg) or (arg,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                kind = candidate.model_fields.get("kind")
+                if kind is None or typing.get_args(kind.annotation) == (tag,):
+                    return candidate
+    return None
+
+
+def _field_path(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
+    parts: list[str] = []
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1] = f"{parts[-1]}[{part}]" if parts else f"[{part}]"
+            continue
+        # The tag of a tagged union (`ready.tcp.port`) is not a field.
+        if (
+            current is not None
+            and part not in current.model_fields
+            and parts
+            and part in READY_KINDS
+        ):
+            continue
+        parts.append(str(part))
+        if current is not None and part in current.model_fields:
+            current = _inner_model(current.model_fields[part].annotation, loc, part)
+        else:
+            current = None
+    return ".".join(parts)
+
+
+def _describe_error(error: Any, model: type[BaseModel]) -> str:
+    kind = error["type"]
+    loc = tuple(error["loc"])
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        holder = _model_at(model, loc)
+        known = list(holder.model_fields) if holder else []
+        hint = did_you_mean(str(loc[-1]), known)
+        if hint:
+            return f"unknown key (did you mean {hint!r}?)"
+        return f"unknown key; expected one of: {', '.join(known)}"
+    if kind == "missing":
+        return "required but missing"
+    if kind == "string_type" and isinstance(value, (int, float)):
+        return f'expected a string, got {value!r} (quote it: "{value}")'
+    if kind in _TYPE_WORDS:
+        return f"expected {_TYPE_WORDS[kind]}, got {value!r}"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        choices = re.findall(r"'([^']*)'", expected)
+        hint = suggestion(str(value), choices)
+        return f"expected one of {expected}, got {value!r}{hint}"
+    if kind == "union_tag_invalid":
+        ctx = error.get("ctx", {})
+        choices = re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
+        tag = ctx.get("tag", value)
+        return (
+            f"unknown kind {tag!r}{suggestion(str(tag), choices)}; expected one of "
+            f"{', '.join(choices)}"
+        )
+    if kind == "union_tag_not_found":
+        return "needs a `kind`: started, tcp, exec, file or log"
+    if kind == "string_pattern_mismatch":
+        return f"expected a name of {NAME_FORM}, got {value!r}"
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "less_than_equal": ("at most", "le"),
+        "greater_than": ("more than", "gt"),
+        "less_than": ("less than", "lt"),
+    }
+    if kind in bounds:
+        words, key = bounds[kind]
+        return f"expected {words} {error.get('ctx', {}).get(key)}, got {value!r}"
+    return error["msg"][0].lower() + error["msg"][1:] if error["msg"] else kind
+
+
+def problems_from(
+    exc: ValidationError, file: str, model: type[BaseModel]
+) -> list[Problem]:
+    """One `Problem` per pydantic error, in a person's words."""
+    problems: list[Problem] = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        field = _field_path(loc, model) if loc else None
+        problems.append(Problem(file, field or None, _describe_error(error, model)))
+    return problems
+
+
+def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Parse one TOML file; a syntax error becomes a problem with its position."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, [Problem(shown, None, f"cannot read: {exc.strerror}")]
+    try:
+        return tomllib.loads(data.decode("utf-8")), []
+    except UnicodeDecodeError as exc:
+        return None, [Problem(shown, None, f"not UTF-8 text (byte {exc.start})")]
+    except tomllib.TOMLDecodeError as exc:
+        text = str(exc)
+        where = re.search(r"\(at line (\d+), column (\d+)\)", text)
+        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", text)
+        if where:
+            shown = f"{shown}:{where.group(1)}:{where.group(2)}"
+        return None, [Problem(shown, None, f"TOML syntax error: {message}")]
+
+
+def load_manifest(
+    path: Path, shown: str | None = None
+) -> tuple[Manifest | None, list[Problem]]:
+    """Read and validate one module manifest.
+
+    Args:
+        path: The `.toml` file.
+        shown: How to name the file in problems; `path` as given by default.
+    """
+    shown = shown or str(path)
+    data, problems = read_toml(path, shown)
+    if data is None:
+        return None, problems
+    try:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as exc:
+        return None, problems_from(exc, shown, Manifest)
+    if manifest.name is None:
+        stem = path.stem
+        if not re.match(NAME_PATTERN, stem):
+            return None, [
+                Problem(
+                    shown,
+                    "name",
+                    f"the file name {stem!r} is not a module name ({NAME_FORM}); "
+                    "rename the file or set name",
+                )
+            ]
+        manifest = manifest.model_copy(update={"name": stem})
+    return manifest, []
+
+
+def load_settings(
+    path: Path, shown: str | None = None
+) -> tuple[PlanSettings | None, list[Problem]]:
+    """Read and validate a plan's `plan.toml`."""
+    shown = shown or str(path)
+    data, problems = read_toml(path, shown)
+    if data is None:
+        return None, problems
+    try:
+        return PlanSettings.model_validate(data), []
+    except ValidationError as exc:
+        return None, problems_from(exc, shown, PlanSettings)
+
+
+def field_docs(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
+    """(field, type, default, description) for each field of `model`, for docs."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        rows.append(
+            (
+                name,
+                _type_name(annotation),
+                _default_text(field),
+                field.description or "",
+            )
+        )
+    return rows
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    text = str(annotation) if text in ("Annotated", "Optional", "Union") else text
+    return text.replace("typing.", "").replace("partenza.manifest.", "")
+
+
+def _default_text(field: Any) -> str:
+    if field.is_required():
+        return "required"
+    default = field.default
+    if isinstance(default, BaseModel):
+        return "see below"
+    return repr(default)
+
+
+SCHEMA_FORMS = {"duration": DURATION_FORM, "size": SIZE_FORM, "name": NAME_FORM}

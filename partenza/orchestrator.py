@@ -1,0 +1,920 @@
+"""The orchestrator: module states, dependencies, restarts and recovery.
+
+Each module is a `Unit` with a state and a target (`up` or `down`). Whenever
+something about a unit changes, it and its neighbours in the dependency graph
+are marked dirty and stepped once more from the event loop: a step compares
+the state with the target and the dependencies, and acts.
+
+| state        | meaning                            | leaves for                    |
+| ------------ | ---------------------------------- | ----------------------------- |
+| inactive     | not started: standby, or waiting   | initializing (deps up);       |
+|              | for its dependencies               | blocked (a hard dep failed)   |
+| initializing | process started, readiness check   | ready; restarting or failed   |
+|              | running                            | (ended, check timed out,      |
+|              |                                    | cannot exec); stopping        |
+| ready        | running, readiness check passed    | restarting, stopped or failed |
+|              |                                    | (it ended); stopping (asked,  |
+|              |                                    | or a hard dependency failed)  |
+| restarting   | ended; waiting out its backoff     | initializing (delay over);    |
+|              |                                    | stopped                       |
+| stopping     | stop signal sent to its process    | stopped; blocked (a hard dep  |
+|              | group; SIGKILL after stop.timeout  | failed); initializing (a      |
+|              |                                    | restart was asked)            |
+| stopped      | stopped on request, or finished    | initializing (start asked)    |
+|              | with exit 0                        |                               |
+| failed       | ended for good: start limit spent, | initializing (start asked)    |
+|              | or ended badly under `never`;      |                               |
+|              | `on_failure` applied               |                               |
+| blocked      | a hard dependency failed or is     | initializing (the dependency  |
+|              | blocked                            | is back)                      |
+
+A hard dependency (`requires`, a sidecar) is met when it is ready. A soft one
+(`wants`) or an ordering one (`after`) only has to have settled: ready, failed,
+blocked, stopped or not coming. Stopping runs the other way: a unit that goes
+down waits until every dependent that also goes down has stopped.
+
+Every transition is logged as `NAME OLD -> NEW (reason)` and published on the
+event bus with the same fields.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import shlex
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from partenza.events import EventBus
+from partenza.health import ReadyCheck
+from partenza.logs import ModuleLog, PipeReader
+from partenza.plan import Edge, ModuleSpec, Plan
+from partenza.process import (
+    Child,
+    ExitStatus,
+    ProcessManager,
+    descendants,
+    module_alive,
+    signal_module,
+)
+from partenza.units import format_duration
+
+log = logging.getLogger(__name__)
+
+INACTIVE = "inactive"
+INITIALIZING = "initializing"
+READY = "ready"
+RESTARTING = "restarting"
+STOPPING = "stopping"
+STOPPED = "stopped"
+FAILED = "failed"
+BLOCKED = "blocked"
+STATES = (INACTIVE, INITIALIZING, READY, RESTARTING, STOPPING, STOPPED, FAILED, BLOCKED)
+
+UP = frozenset({READY})
+"""States that meet a hard dependency."""
+SETTLED = frozenset({READY, FAILED, BLOCKED, STOPPED})
+"""States a boot waits for: nothing more will happen without a cause."""
+LIVE = frozenset({INITIALIZING, READY, STOPPING})
+"""States in which the unit has a process."""
+
+EXIT_OK = 0
+EXIT_MODULE_FAILED = 1
+"""`partenza boot` ends with this when a module's `on_failure = shutdown` fired."""
+
+SWEEP_POLL = 0.05
+FINAL_SWEEP_GRACE = 2.0
+
+
+class Unit:
+    """One module of the plan at run time."""
+
+    def __init__(self, spec: ModuleSpec, log: ModuleLog, *, standby: bool) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.log = log
+        self.state = INACTIVE
+        self.reason = "standby" if standby else "waiting to start"
+        self.since = time.time()
+        self.target = "down" if standby else "up"
+        self.standby = standby
+        self.down_reason = ""
+        self.child: Child | None = None
+        self.token = ""
+        self.task: asyncio.Task[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.kill_timer: asyncio.TimerHandle | None = None
+        self.starts: deque[float] = deque()
+        self.restarts = 0
+        self.generation = 0
+        """How many times a process was started for this unit."""
+        self.last_exit: str | None = None
+        self.started_at: float | None = None
+        self.ready_at: float | None = None
+        self.completed = False
+        self.stopping = False
+        self.killed = False
+        self.blocked_after_stop: str | None = None
+        self.restart_after_stop = False
+        self.blocked_by: str | None = None
+        self.failure: dict[str, Any] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child and self.child.running else None
+
+    @property
+    def busy(self) -> bool:
+        """A process, a supervising task or a restart timer is in flight."""
+        return self.child is not None or self.task is not None or self.timer is not None
+
+
+class Orchestrator:
+    """Boots a plan, supervises it, and answers requests about it."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        state_dir: Path | None,
+        processes: ProcessManager | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.state_dir = state_dir
+        self.bus = EventBus()
+        self.processes = processes or ProcessManager()
+        self.providers = {cap: list(names) for cap, names in plan.providers.items()}
+        log_dir = state_dir / "logs" if state_dir else None
+        standby = set(plan.standby)
+        self.units: dict[str, Unit] = {
+            name: Unit(
+                spec, ModuleLog(name, plan.logs, log_dir), standby=name in standby
+            )
+            for name, spec in plan.modules.items()
+        }
+        self._edges_from: dict[str, list[Edge]] = {name: [] for name in self.units}
+        for edge in plan.edges:
+            self._edges_from[edge.src].append(edge)
+        self._dependents: dict[str, set[str]] = {}
+        self._rebuild_dependents()
+        self._counts: Counter[str] = Counter(u.state for u in self.units.values())
+        self._dirty: dict[str, None] = {}
+        self._drain_scheduled = False
+        self._pending_boot = {u.name for u in self.units.values() if u.target == "up"}
+        self._waiters: list[
+            tuple[Unit, Callable[[Unit], bool], asyncio.Future[None]]
+        ] = []
+        self._base_env = {
+            k: v for k, v in os.environ.items() if not k.startswith("PARTENZA_")
+        }
+        self._base_env.update(extra_env or {})
+        self._finished = asyncio.Event()
+        self.system = "starting"
+        self.system_reason = f"booting plan {plan.name}"
+        self.boot_started = time.time()
+        self.boot_took: float | None = None
+        self.shutting_down = False
+        self.rescue: str | None = None
+        self.exit_code = EXIT_OK
+
+    # The lifecycle of the orchestrator itself.
+
+    async def run(self) -> int:
+        """Boot the plan and supervise it until a shutdown has finished."""
+        self.processes.install()
+        self.bus.publish(
+            "system",
+            old=None,
+            new=self.system,
+            reason=self.system_reason,
+            plan=self.plan.name,
+        )
+        for unit in self.units.values():
+            self._mark(unit)
+        if not self._pending_boot:
+            self._boot_finished()
+        await self._finished.wait()
+        await self._final_sweep()
+        for unit in self.units.values():
+            unit.log.close()
+        self.processes.uninstall()
+        return self.exit_code
+
+    def shutdown(self, reason: str, code: int = EXIT_OK) -> None:
+        """Stop every module, dependents before their dependencies, then end."""
+        if self.shutting_down:
+            return
+        log.info("shutting down: %s", reason)
+        self.shutting_down = True
+        self.exit_code = code
+        self._set_system("stopping", reason)
+        for unit in self.units.values():
+            unit.target = "down"
+            unit.down_reason = "shutting down"
+            self._mark(unit)
+        self._check_finished()
+
+    async def _final_sweep(self) -> None:
+        """End every descendant still alive after the modules have stopped."""
+        left = descendants()
+        if not left:
+            return
+        log.info("%d processes left after shutdown; sending SIGTERM", len(left))
+        for pid in left:
+            _kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + FINAL_SWEEP_GRACE
+        while descendants() and time.monotonic() < deadline:
+            await asyncio.sleep(SWEEP_POLL)
+        left = descendants()
+        for pid in left:
+            _kill(pid, signal.SIGKILL)
+        if left:
+            log.warning("%d processes killed with SIGKILL after shutdown", len(left))
+            await asyncio.sleep(SWEEP_POLL)
+        self.processes.reap()
+
+    # Requests: start, stop, restart.
+
+    def unit(self, name: str) -> Unit:
+        """The unit called `name`.
+
+        Raises:
+            KeyError: no module has that name.
+        """
+        return self.units[name]
+
+    def start(self, name: str) -> Unit:
+        """Bring a module up, with the hard dependencies it needs."""
+        unit = self.units[name]
+        for member in [unit, *self._hard_closure(unit, downward=True)]:
+            if member.target == "down" or member.state == FAILED or member is unit:
+                member.target = "up"
+                member.standby = False
+                member.starts.clear()
+                member.completed = False
+            if member.state == FAILED:
+                member.failure = None
+                self._set(member, INACTIVE, "start requested")
+            if member.state == RESTARTING and member.timer is not None:
+                member.timer.cancel()
+                member.timer = None
+            self._mark(member)
+        return unit
+
+    def stop(self, name: str) -> Unit:
+        """Take a module down, and first the modules that require it."""
+        unit = self.units[name]
+        unit.target = "down"
+        unit.down_reason = "stop requested"
+        for dependent in self._hard_closure(unit, downward=False):
+            if dependent.target == "up":
+                dependent.target = "down"
+                dependent.down_reason = f"requires {unit.name}, which is being stopped"
+                self._mark(dependent)
+        if unit.state in (FAILED, BLOCKED) and not unit.busy:
+            self._set(unit, STOPPED, "stopped on request")
+        self._mark(unit)
+        return unit
+
+    def restart(self, name: str) -> Unit:
+        """Stop a module and start it again, its start limit reset."""
+        unit = self.units[name]
+        unit.restarts += 1
+        if unit.child is not None and not unit.stopping:
+            unit.target = "up"
+            unit.restart_after_stop = True
+            self._stop(unit, "restart requested")
+            return unit
+        if unit.stopping:
+            unit.restart_after_stop = True
+            return unit
+        return self.start(name)
+
+    async def settled(
+        self, unit: Unit, wanted: Callable[[Unit], bool], timeout: float
+    ) -> bool:
+        """Wait until `wanted(unit)` holds; False if `timeout` seconds pass first."""
+        if wanted(unit):
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (unit, wanted, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    # Stepping: compare each dirty unit with its target and dependencies.
+
+    def _mark(self, unit: Unit) -> None:
+        self._dirty[unit.name] = None
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain)
+
+    def _touch(self, unit: Unit) -> None:
+        """Mark a unit and every unit that depends on it or that it depends on."""
+        self._mark(unit)
+        for name in self._dependents.get(unit.name, ()):
+            self._mark(self.units[name])
+        for _, target in self._targets(unit):
+            if target is not None:
+                self._mark(target)
+
+    def _drain(self) -> None:
+        self._drain_scheduled = False
+        while self._dirty:
+            name = next(iter(self._dirty))
+            del self._dirty[name]
+            self._step(self.units[name])
+        self._update_system()
+        if self.shutting_down:
+            self._check_finished()
+
+    def _step(self, unit: Unit) -> None:
+        if unit.target == "up":
+            self._step_up(unit)
+        else:
+            self._step_down(unit)
+
+    def _step_up(self, unit: Unit) -> None:
+        if unit.child is not None:
+            if not unit.stopping:
+                verdict, reason, blocker = self._dependencies(unit)
+                if verdict == "blocked":
+                    unit.blocked_by = blocker
+                    self._stop(unit, reason, blocked=reason)
+            return
+        if unit.task is not None or unit.timer is not None:
+            return
+        if unit.state == STOPPED and unit.completed:
+            return
+        if unit.state not in (INACTIVE, STOPPED, BLOCKED, RESTARTING):
+            return
+        verdict, reason, blocker = self._dependencies(unit)
+        if verdict == "blocked":
+            unit.blocked_by = blocker
+            self._set(unit, BLOCKED, reason)
+        elif verdict == "wait":
+            unit.blocked_by = None
+            if unit.state in (BLOCKED, INACTIVE):
+                self._set(unit, INACTIVE, reason)
+        else:
+            unit.blocked_by = None
+            self._launch(unit)
+
+    def _step_down(self, unit: Unit) -> None:
+        if unit.timer is not None:
+            unit.timer.cancel()
+            unit.timer = None
+            self._set(unit, STOPPED, unit.down_reason or "stopped")
+            return
+        if unit.child is None or unit.stopping:
+            return
+        holders = [
+            self.units[name]
+            for name in self._dependents.get(unit.name, ())
+            if self.units[name].target == "down" and self.units[name].busy
+        ]
+        if not holders:
+            self._stop(unit, unit.down_reason or "stop requested")
+
+    def _dependencies(self, unit: Unit) -> tuple[str, str, str | None]:
+        """("go" | "wait" | "blocked", the reason, the blocking module)."""
+        waiting: list[str] = []
+        for edge, target in self._targets(unit):
+            if target is None:
+                if edge.hard:
+                    return "blocked", f"requires {edge.via}: no provider left", None
+                continue
+            if edge.hard:
+                if target.state in UP or (target.state == STOPPED and target.completed):
+                    continue
+                if target.state == FAILED:
+                    return (
+                        "blocked",
+                        f"requires {target.name}, which failed",
+                        target.name,
+                    )
+                if target.state == BLOCKED:
+                    return (
+                        "blocked",
+                        f"requires {target.name}, which is blocked",
+                        target.name,
+                    )
+                if target.target == "down" and not target.busy:
+                    return (
+                        "blocked",
+                        f"requires {target.name}, which is stopped",
+                        target.name,
+                    )
+                waiting.append(target.name)
+            elif not self._soft_settled(target):
+                waiting.append(target.name)
+        if waiting:
+            return "wait", "waiting for " + ", ".join(sorted(set(waiting))), None
+        return "go", "", None
+
+    def _soft_settled(self, unit: Unit) -> bool:
+        if unit.target == "down":
+            return not unit.busy or unit.state in UP
+        return (unit.state in SETTLED and not unit.busy) or unit.state in UP
+
+    # Starting and supervising one process.
+
+    def _launch(self, unit: Unit) -> None:
+        """Spawn the module's process and hand it to a supervising task."""
+        spec = unit.spec
+        unit.starts.append(time.monotonic())
+        unit.generation += 1
+        unit.token = secrets.token_hex(16)
+        unit.stopping = unit.killed = False
+        env = self._environment(unit)
+        check = ReadyCheck(
+            spec.ready,
+            log=unit.log,
+            spawn=self.processes.spawn,
+            env=env,
+            cwd=spec.workdir,
+        )
+        check.arm()
+        try:
+            child = self.processes.spawn(
+                spec.argv,
+                env=env,
+                cwd=spec.workdir,
+                user=spec.user,
+                group=spec.group,
+                token=unit.token,
+            )
+        except OSError as exc:
+            check.close()
+            error = f"cannot start {spec.argv[0]}: {exc.strerror or exc}"
+            unit.log.note(error)
+            self._ended(unit, None, "starting", error)
+            return
+        unit.child = child
+        unit.started_at = time.time()
+        unit.ready_at = None
+        unit.log.note(f"started pid {child.pid}: {shlex.join(spec.argv)}")
+        self._set(
+            unit, INITIALIZING, f"pid {child.pid}, waiting for {spec.ready.describe()}"
+        )
+        unit.task = asyncio.get_running_loop().create_task(
+            self._supervise(unit, child, check), name=f"supervise {unit.name}"
+        )
+
+    def _environment(self, unit: Unit) -> dict[str, str]:
+        env = dict(self._base_env)
+        env.update(unit.spec.env)
+        env["PARTENZA_MODULE"] = unit.name
+        env["PARTENZA_TOKEN"] = unit.token
+        return env
+
+    async def _supervise(self, unit: Unit, child: Child, check: ReadyCheck) -> None:
+        spec = unit.spec
+        assert child.popen.stdout is not None and child.popen.stderr is not None
+        readers = [
+            PipeReader(child.popen.stdout, unit.log, "out"),
+            PipeReader(child.popen.stderr, unit.log, "err"),
+        ]
+
+        # Wait for readiness, or for the process to end first.
+        stage, error = "running", None
+        ready = asyncio.ensure_future(
+            asyncio.wait_for(check.wait(), spec.ready.timeout)
+        )
+        await asyncio.wait({ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            if spec.ready.kind != "started":
+                stage = "starting"
+        elif ready.exception() is not None:
+            stage = "ready check"
+            exc = ready.exception()
+            if isinstance(exc, TimeoutError):
+                error = (
+                    f"not ready after {format_duration(spec.ready.timeout)} "
+                    f"({spec.ready.describe()}: {check.last_error})"
+                )
+            else:
+                error = f"ready check failed: {exc}"
+            if not unit.stopping:
+                unit.log.note(error)
+                self._terminate(unit)
+        elif not unit.stopping:
+            unit.ready_at = time.time()
+            took = time.monotonic() - child.started
+            self._set(unit, READY, ready.result(), ready_in=round(took, 4))
+        check.close()
+
+        # Supervise until the process ends, then sweep up what it left behind.
+        status = await child.exited
+        if stage == "starting":
+            error = f"{status.describe()} before it was ready ({check.last_error})"
+        await self._sweep(unit, child)
+        await asyncio.wait([reader.closed for reader in readers], timeout=0.2)
+        for reader in readers:
+            reader.close()
+        unit.child = None
+        unit.task = None
+        if unit.kill_timer is not None:
+            unit.kill_timer.cancel()
+            unit.kill_timer = None
+        unit.log.note(f"pid {child.pid} {status.describe()}")
+        self._ended(unit, status, stage, error)
+
+    async def _sweep(self, unit: Unit, child: Child) -> None:
+        """Stop what is left of a module once its main process has ended."""
+        if not module_alive(child.pgid, unit.token):
+            return
+        if unit.kill_timer is None:
+            unit.log.note("processes left behind; stopping them")
+            self._terminate(unit)
+        deadline = time.monotonic() + unit.spec.stop.timeout + 2.0
+        while module_alive(child.pgid, unit.token) and time.monotonic() < deadline:
+            await asyncio.sleep(SWEEP_POLL)
+
+    def _stop(self, unit: Unit, reason: str, *, blocked: str | None = None) -> None:
+        """Send the stop signal; the supervising task finishes the transition."""
+        if unit.timer is not None:
+            unit.timer.cancel()
+            unit.timer = None
+            self._set(unit, BLOCKED if blocked else STOPPED, blocked or reason)
+            return
+        if unit.child is None or unit.stopping:
+            return
+        unit.stopping = True
+        unit.blocked_after_stop = blocked
+        self._set(unit, STOPPING, f"{reason}; sent {unit.spec.stop.signal}")
+        self._terminate(unit)
+
+    def _terminate(self, unit: Unit) -> None:
+        """Signal the whole module, and SIGKILL it when the stop timeout runs out."""
+        child = unit.child
+        if child is None:
+            return
+        number = signal.Signals[unit.spec.stop.signal]
+        strays = signal_module(child.pgid, unit.token, number)
+        if strays:
+            unit.log.note(
+                f"sent {unit.spec.stop.signal} to {strays} processes outside its group"
+            )
+        if unit.kill_timer is None:
+            unit.kill_timer = asyncio.get_running_loop().call_later(
+                unit.spec.stop.timeout, self._kill, unit, child
+            )
+
+    def _kill(self, unit: Unit, child: Child) -> None:
+        unit.kill_timer = None
+        unit.killed = True
+        unit.log.note(
+            f"still running {format_duration(unit.spec.stop.timeout)} after "
+            f"{unit.spec.stop.signal}; sending SIGKILL"
+        )
+        signal_module(child.pgid, unit.token, signal.SIGKILL)
+
+    def _ended(
+        self, unit: Unit, status: ExitStatus | None, stage: str, error: str | None
+    ) -> None:
+        """The process is gone: decide between stopped, restarting and failed."""
+        described = error or (status.describe() if status else "ended")
+        if status is not None:
+            unit.last_exit = status.describe()
+
+        # A stop that was asked for.
+        if unit.stopping:
+            unit.stopping = False
+            if unit.killed:
+                timeout = format_duration(unit.spec.stop.timeout)
+                how = f"killed with SIGKILL after {timeout}"
+            else:
+                how = status.describe() if status else "never started"
+            blocked, unit.blocked_after_stop = unit.blocked_after_stop, None
+            if unit.restart_after_stop:
+                unit.restart_after_stop = False
+                unit.starts.clear()
+                unit.completed = False
+                self._set(unit, STOPPED, f"restart requested; {how}")
+                self._mark(unit)
+            elif blocked:
+                self._set(unit, BLOCKED, blocked)
+            else:
+                self._set(unit, STOPPED, f"{unit.down_reason or 'stopped'}; {how}")
+            return
+
+        # The process ended on its own.
+        policy = unit.spec.restart.policy
+        failed = stage != "running" or status is None or not status.success
+        if not failed and policy != "always":
+            unit.completed = True
+            self._set(unit, STOPPED, f"{described}; finished")
+            return
+        if unit.target == "down":
+            self._set(unit, STOPPED, described)
+            return
+        if policy == "never":
+            self._fail(unit, stage, described)
+            return
+        window = unit.spec.restart.window
+        now = time.monotonic()
+        while unit.starts and unit.starts[0] < now - window:
+            unit.starts.popleft()
+        if len(unit.starts) >= unit.spec.restart.limit:
+            limit = (
+                f"start limit spent ({len(unit.starts)} in {format_duration(window)})"
+            )
+            self._fail(unit, stage, described, limit)
+            return
+        delay = unit.spec.restart.delay_for(len(unit.starts))
+        unit.restarts += 1
+        self._set(
+            unit,
+            RESTARTING,
+            f"{described}; restart {unit.restarts} in {delay:.2f}s",
+            exit=described,
+            stage=stage,
+            delay=delay,
+        )
+        unit.timer = asyncio.get_running_loop().call_later(
+            delay, self._restart_due, unit
+        )
+
+    def _restart_due(self, unit: Unit) -> None:
+        unit.timer = None
+        self._mark(unit)
+
+    # Failure and the recovery strategies.
+
+    def _fail(
+        self, unit: Unit, stage: str, error: str, detail: str | None = None
+    ) -> None:
+        """The module has failed for good: apply its `on_failure` strategy."""
+        blocks = sorted(
+            u.name for u in self._hard_closure(unit, downward=False) if u.target == "up"
+        )
+        unit.failure = {
+            "stage": stage,
+            "error": error if not detail else f"{error}; {detail}",
+            "time": time.time(),
+            "restarts": unit.restarts,
+            "exit": unit.last_exit,
+            "file": unit.spec.file,
+            "blocks": blocks,
+            "logs": [line.text for line in unit.log.tail(12) if line.stream != "sys"][
+                -8:
+            ],
+        }
+        reason = (
+            error if not unit.restarts else f"{error} after {unit.restarts} restarts"
+        )
+        if detail:
+            reason = f"{reason}; {detail}"
+        self._set(unit, FAILED, reason, stage=stage, blocks=blocks)
+        strategy = unit.spec.on_failure
+        if strategy == "failover":
+            if self._failover(unit):
+                return
+            strategy = "bluescreen" if unit.spec.critical else "degrade"
+        if strategy == "shutdown":
+            self.shutdown(f"{unit.name} failed: {error}", code=EXIT_MODULE_FAILED)
+        elif strategy == "bluescreen":
+            self.rescue = unit.name
+            self.bus.publish("bluescreen", module=unit.name, **unit.failure)
+
+    def _failover(self, unit: Unit) -> bool:
+        """Hand each capability the failed unit was chosen for to its next provider."""
+        successors: list[Unit] = []
+        for capability, names in self.providers.items():
+            if not names or names[0] != unit.name:
+                continue
+            rest = [n for n in names[1:] if self.units[n].state != FAILED]
+            if not rest:
+                continue
+            successor = self.units[rest[0]]
+            names.remove(successor.name)
+            names.remove(unit.name)
+            names[:0] = [successor.name]
+            names.append(unit.name)
+            successor.target = "up"
+            successor.standby = False
+            successors.append(successor)
+            log.info(
+                "%s: failing over from %s to %s", capability, unit.name, successor.name
+            )
+            self.bus.publish(
+                "failover",
+                capability=capability,
+                failed=unit.name,
+                provider=successor.name,
+                reason=f"{unit.name} failed",
+            )
+        if successors:
+            self._rebuild_dependents()
+            for successor in successors:
+                self._touch(successor)
+        return bool(successors)
+
+    # The graph at run time: providers can change, so edges resolve late.
+
+    def _resolve(self, name: str) -> str | None:
+        if name in self.units:
+            return name
+        names = self.providers.get(name)
+        return names[0] if names else None
+
+    def _targets(self, unit: Unit) -> Iterable[tuple[Edge, Unit | None]]:
+        for edge in self._edges_from[unit.name]:
+            name = edge.via if edge.kind == "sidecar" else self._resolve(edge.via)
+            yield edge, self.units.get(name) if name else None
+
+    def _rebuild_dependents(self) -> None:
+        self._dependents = {name: set() for name in self.units}
+        for unit in self.units.values():
+            for _, target in self._targets(unit):
+                if target is not None:
+                    self._dependents[target.name].add(unit.name)
+
+    def _hard_closure(self, unit: Unit, *, downward: bool) -> list[Unit]:
+        """The hard dependencies (downward) or hard dependents of `unit`, all levels."""
+        found: dict[str, Unit] = {}
+        queue = [unit]
+        while queue:
+            current = queue.pop()
+            if downward:
+                neighbours = [
+                    t for e, t in self._targets(current) if e.hard and t is not None
+                ]
+            else:
+                neighbours = [
+                    self.units[name]
+                    for name in self._dependents.get(current.name, ())
+                    if any(
+                        e.hard and t is current
+                        for e, t in self._targets(self.units[name])
+                    )
+                ]
+            for neighbour in neighbours:
+                if neighbour.name not in found and neighbour is not unit:
+                    found[neighbour.name] = neighbour
+                    queue.append(neighbour)
+        return list(found.values())
+
+    # State changes and what they tell the world.
+
+    def _set(self, unit: Unit, state: str, reason: str, **extra: Any) -> None:
+        old = unit.state
+        if old == state and unit.reason == reason:
+            return
+        unit.state = state
+        unit.reason = reason
+        unit.since = time.time()
+        self._counts[old] -= 1
+        self._counts[state] += 1
+        if old != state:
+            log.info("%s %s -> %s (%s)", unit.name, old.upper(), state.upper(), reason)
+        if state == READY and self.rescue == unit.name:
+            self.rescue = None
+        self.bus.publish(
+            "state",
+            module=unit.name,
+            old=old,
+            new=state,
+            reason=reason,
+            pid=unit.pid,
+            restarts=unit.restarts,
+            **extra,
+        )
+        if unit.name in self._pending_boot and (
+            state in (READY, FAILED, BLOCKED) or (state == STOPPED and not unit.busy)
+        ):
+            self._pending_boot.discard(unit.name)
+            if not self._pending_boot:
+                self._boot_finished()
+        for entry in list(self._waiters):
+            waited, wanted, future = entry
+            if waited is unit and not future.done() and wanted(unit):
+                future.set_result(None)
+        self._touch(unit)
+
+    def _boot_finished(self) -> None:
+        self.boot_took = time.time() - self.boot_started
+        counts = {state: count for state, count in self._counts.items() if count}
+        self.bus.publish("boot", took=round(self.boot_took, 4), counts=counts)
+
+    def _update_system(self) -> None:
+        if self.shutting_down:
+            return
+        if self.rescue:
+            self._set_system("rescue", f"{self.rescue} failed and is critical")
+        elif self._pending_boot:
+            self._set_system("starting", self.system_reason)
+        elif self._counts[FAILED] or self._counts[BLOCKED]:
+            failed = [
+                u.name for u in self.units.values() if u.state in (FAILED, BLOCKED)
+            ]
+            self._set_system("degraded", "not running: " + ", ".join(sorted(failed)))
+        else:
+            self._set_system("running", "every module is up")
+
+    def _set_system(self, state: str, reason: str) -> None:
+        if state == self.system and reason == self.system_reason:
+            return
+        old, self.system, self.system_reason = self.system, state, reason
+        if old != state:
+            log.info("system %s -> %s (%s)", old.upper(), state.upper(), reason)
+        self.bus.publish(
+            "system", old=old, new=state, reason=reason, plan=self.plan.name
+        )
+
+    def _check_finished(self) -> None:
+        if any(unit.busy for unit in self.units.values()):
+            return
+        self._finished.set()
+
+    # What clients see.
+
+    def record(self, unit: Unit) -> dict[str, Any]:
+        """Everything a client shows about one module."""
+        spec = unit.spec
+        return {
+            "name": unit.name,
+            "state": unit.state,
+            "reason": unit.reason,
+            "since": unit.since,
+            "pid": unit.pid,
+            "target": unit.target,
+            "standby": unit.standby,
+            "restarts": unit.restarts,
+            "last_exit": unit.last_exit,
+            "started_at": unit.started_at,
+            "ready_at": unit.ready_at,
+            "description": spec.description,
+            "file": spec.file,
+            "critical": spec.critical,
+            "sidecar": spec.sidecar,
+            "provides": list(spec.provides),
+            "ready_check": spec.ready.describe(),
+            "on_failure": spec.on_failure,
+            "deps": [
+                {
+                    "kind": edge.kind,
+                    "via": edge.via,
+                    "module": target.name if target else None,
+                }
+                for edge, target in self._targets(unit)
+            ],
+            "blocked_by": unit.blocked_by,
+            "failure": unit.failure,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state at one sequence number."""
+        return {
+            "seq": self.bus.seq,
+            "system": self.system_record(),
+            "modules": [self.record(unit) for unit in self.units.values()],
+        }
+
+    def system_record(self) -> dict[str, Any]:
+        return {
+            "state": self.system,
+            "reason": self.system_reason,
+            "plan": self.plan.name,
+            "plan_dir": self.plan.dir,
+            "boot_started": self.boot_started,
+            "boot_took": self.boot_took,
+            "pid": os.getpid(),
+            "rescue": self.rescue,
+            "counts": {state: count for state, count in self._counts.items() if count},
+            "providers": {cap: list(names) for cap, names in self.providers.items()},
+        }
+
+    def why(self, name: str) -> list[str]:
+        """The chain of reasons from a module down to the root cause."""
+        chain: list[str] = []
+        seen: set[str] = set()
+        unit: Unit | None = self.units[name]
+        while unit is not None and unit.name not in seen:
+            seen.add(unit.name)
+            chain.append(f"{unit.name} {unit.state}: {unit.reason}")
+            unit = self.units.get(unit.blocked_by) if unit.blocked_by else None
+        return chain
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
