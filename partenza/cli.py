@@ -258,6 +258,13 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    # Textual is imported only here: the boot path never loads it.
+    from tui.app import run
+
+    return run(_socket(args))
+
+
 def _print_json(result: Any) -> int:
     import json
 
@@ -339,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     sub = command("shutdown", cmd_shutdown, "stop every module and the orchestrator")
     sub.add_argument("--no-wait", action="store_true", help="return without waiting")
+    command("top", cmd_top, "watch and steer the live system in a full-screen view")
     sub = command("events", cmd_events, "follow the event stream")
     sub.add_argument("--json", action="store_true", help="one JSON object a line")
     return parser
