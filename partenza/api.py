@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 MAX_REQUEST = 1 << 20
+DISCARD_FOR = 2.0
+"""Seconds an oversized request is read and thrown away before hanging up."""
 QUEUE_LIMIT = 10000
 """Messages queued for one streaming client before it is cut off as too slow."""
 
@@ -168,6 +170,7 @@ class ControlServer:
                 await conn.send(
                     _error(None, "request too long", f"at most {MAX_REQUEST} bytes")
                 )
+                await _discard_input(conn.reader)
                 return
             if not line:
                 return
@@ -281,10 +284,21 @@ class ControlServer:
             else:
                 queue.put_nowait({"v": PROTOCOL, "id": rid, "event": event})
 
-        unsubscribe = self.orchestrator.bus.subscribe(listener)
+        since = params.get("since")
+        if since is not None and (not isinstance(since, int) or since < 0):
+            raise RequestError(f"since must be a sequence number, got {since!r}")
+        bus = self.orchestrator.bus
+        same_run = params.get("boot") in (None, bus.boot_id)
+        missed = bus.since(since) if since is not None and same_run else None
+        unsubscribe = bus.subscribe(listener)
         try:
-            snapshot = self.orchestrator.snapshot()
-            await conn.send({"v": PROTOCOL, "id": rid, "ok": True, "result": snapshot})
+            if missed is None:
+                result = {"resumed": False, **self.orchestrator.snapshot()}
+            else:
+                result = {"resumed": True, "seq": since, "boot": bus.boot_id}
+                for event in missed:
+                    queue.put_nowait({"v": PROTOCOL, "id": rid, "event": event})
+            await conn.send({"v": PROTOCOL, "id": rid, "ok": True, "result": result})
             await self._pump(conn, queue, rid)
         finally:
             unsubscribe()
@@ -377,6 +391,17 @@ def _error(request_id: Any, message: str, hint: str | None = None) -> dict[str, 
     if hint:
         error["hint"] = hint
     return {"v": PROTOCOL, "id": request_id, "ok": False, "error": error}
+
+
+async def _discard_input(reader: asyncio.StreamReader) -> None:
+    """Read what the client still sends, for a while, so that hanging up does
+    not reset the connection before the client has read the reply."""
+    try:
+        async with asyncio.timeout(DISCARD_FOR):
+            while await reader.read(65536):
+                pass
+    except (TimeoutError, ConnectionError):
+        pass
 
 
 def _answers(path: Path) -> bool:

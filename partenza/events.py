@@ -7,6 +7,7 @@ control socket is another, behind a bounded queue of its own.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -22,6 +23,8 @@ HISTORY = 2000
 class EventBus:
     def __init__(self, history: int = HISTORY) -> None:
         self.seq = 0
+        self.boot_id = secrets.token_hex(8)
+        """Names this orchestrator's run: sequence numbers start again in the next."""
         self._listeners: list[Listener] = []
         self.history: deque[Event] = deque(maxlen=history)
 

@@ -121,6 +121,8 @@ class ReadyCheck:
 def _socket_error(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "connection timed out"
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__

@@ -55,14 +55,7 @@ from partenza.events import EventBus
 from partenza.health import ReadyCheck
 from partenza.logs import ModuleLog, PipeReader
 from partenza.plan import Edge, ModuleSpec, Plan
-from partenza.process import (
-    Child,
-    ExitStatus,
-    ProcessManager,
-    descendants,
-    module_alive,
-    signal_module,
-)
+from partenza.process import Child, ExitStatus, ProcessManager
 from partenza.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -223,18 +216,19 @@ class Orchestrator:
 
     async def _final_sweep(self) -> None:
         """End every descendant still alive after the modules have stopped."""
-        left = descendants()
+        processes = self.processes
+        left = processes.leftovers()
         if not left:
             return
         log.info("%d processes left after shutdown; sending SIGTERM", len(left))
         for pid in left:
-            _kill(pid, signal.SIGTERM)
+            processes.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + FINAL_SWEEP_GRACE
-        while descendants() and time.monotonic() < deadline:
+        while processes.leftovers() and time.monotonic() < deadline:
             await asyncio.sleep(SWEEP_POLL)
-        left = descendants()
+        left = processes.leftovers()
         for pid in left:
-            _kill(pid, signal.SIGKILL)
+            processes.kill(pid, signal.SIGKILL)
         if left:
             log.warning("%d processes killed with SIGKILL after shutdown", len(left))
             await asyncio.sleep(SWEEP_POLL)
@@ -496,9 +490,11 @@ class Orchestrator:
             asyncio.wait_for(check.wait(), spec.ready.timeout)
         )
         await asyncio.wait({ready, child.exited}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
+        started_only = spec.ready.kind == "started"
+        if not ready.done() or (started_only and child.exited.done()):
+            # It ended before it was ready; under `started` that is a plain exit.
             ready.cancel()
-            if spec.ready.kind != "started":
+            if not started_only:
                 stage = "starting"
         elif ready.exception() is not None:
             stage = "ready check"
@@ -537,13 +533,13 @@ class Orchestrator:
 
     async def _sweep(self, unit: Unit, child: Child) -> None:
         """Stop what is left of a module once its main process has ended."""
-        if not module_alive(child.pgid, unit.token):
+        if not self.processes.alive(child):
             return
         if unit.kill_timer is None:
             unit.log.note("processes left behind; stopping them")
             self._terminate(unit)
         deadline = time.monotonic() + unit.spec.stop.timeout + 2.0
-        while module_alive(child.pgid, unit.token) and time.monotonic() < deadline:
+        while self.processes.alive(child) and time.monotonic() < deadline:
             await asyncio.sleep(SWEEP_POLL)
 
     def _stop(self, unit: Unit, reason: str, *, blocked: str | None = None) -> None:
@@ -566,7 +562,7 @@ class Orchestrator:
         if child is None:
             return
         number = signal.Signals[unit.spec.stop.signal]
-        strays = signal_module(child.pgid, unit.token, number)
+        strays = self.processes.signal(child, number)
         if strays:
             unit.log.note(
                 f"sent {unit.spec.stop.signal} to {strays} processes outside its group"
@@ -583,7 +579,7 @@ class Orchestrator:
             f"still running {format_duration(unit.spec.stop.timeout)} after "
             f"{unit.spec.stop.signal}; sending SIGKILL"
         )
-        signal_module(child.pgid, unit.token, signal.SIGKILL)
+        self.processes.signal(child, signal.SIGKILL)
 
     def _ended(
         self, unit: Unit, status: ExitStatus | None, stage: str, error: str | None
@@ -676,9 +672,10 @@ class Orchestrator:
                 -8:
             ],
         }
-        reason = (
-            error if not unit.restarts else f"{error} after {unit.restarts} restarts"
-        )
+        reason = error
+        if unit.restarts:
+            plural = "s" if unit.restarts != 1 else ""
+            reason = f"{error} after {unit.restarts} restart{plural}"
         if detail:
             reason = f"{reason}; {detail}"
         self._set(unit, FAILED, reason, stage=stage, blocks=blocks)
@@ -883,6 +880,7 @@ class Orchestrator:
         """The whole state at one sequence number."""
         return {
             "seq": self.bus.seq,
+            "boot": self.bus.boot_id,
             "system": self.system_record(),
             "modules": [self.record(unit) for unit in self.units.values()],
         }
@@ -911,10 +909,3 @@ class Orchestrator:
             chain.append(f"{unit.name} {unit.state}: {unit.reason}")
             unit = self.units.get(unit.blocked_by) if unit.blocked_by else None
         return chain
-
-
-def _kill(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

@@ -191,6 +191,44 @@ class ProcessManager:
     def children(self) -> Iterable[Child]:
         return self._children.values()
 
+    def strays(self, child: Child) -> list[int]:
+        """A module's processes outside its group, found by its token.
+
+        They can only descend from its main process, while that lives, or
+        from the orphans this process adopted as their subreaper.
+        """
+        if not child.token:
+            return []
+        roots = [child.pid] if child.running else []
+        adopted = [pid for pid in children_of(os.getpid()) if pid not in self._children]
+        return [
+            pid
+            for pid in process_tree(roots + adopted)
+            if process_group(pid) != child.pgid and carries_token(pid, child.token)
+        ]
+
+    def signal(self, child: Child, sig: int) -> int:
+        """Signal a module's group and its strays; how many strays there were."""
+        signal_group(child.pgid, sig)
+        strays = self.strays(child)
+        for pid in strays:
+            self.kill(pid, sig)
+        return len(strays)
+
+    def alive(self, child: Child) -> bool:
+        """Whether anything of the module that `child` started is left."""
+        return group_alive(child.pgid) or bool(self.strays(child))
+
+    def leftovers(self) -> list[int]:
+        """Every descendant of this process still alive."""
+        return descendants()
+
+    def kill(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
 
 def become_subreaper() -> bool:
     """Ask the kernel to hand this process the orphans of its descendants."""
@@ -219,72 +257,57 @@ def signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-def _proc_stat(pid: str) -> tuple[int, int] | None:
-    """(ppid, pgid) of a process, from /proc."""
+def children_of(pid: int) -> list[int]:
+    """The direct children of `pid`, from /proc/PID/task/*/children."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", "rb") as handle:
+                found.extend(int(word) for word in handle.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def process_tree(roots: Iterable[int]) -> list[int]:
+    """`roots` and all their descendants."""
+    found: list[int] = []
+    seen: set[int] = set()
+    queue = list(roots)
+    while queue:
+        pid = queue.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        found.append(pid)
+        queue.extend(children_of(pid))
+    return found
+
+
+def process_group(pid: int) -> int | None:
+    """The process group of `pid`, or None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
     except OSError:
         return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    return int(fields[1]), int(fields[2])
+    return int(data[data.rfind(b")") + 2 :].split()[2])
 
 
-def descendants(root: int | None = None) -> dict[int, int]:
-    """Every descendant of `root` (this process by default), to its pgid."""
-    root = os.getpid() if root is None else root
-    parents: dict[int, list[int]] = {}
-    groups: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        stat = _proc_stat(entry)
-        if stat is None:
-            continue
-        pid = int(entry)
-        parents.setdefault(stat[0], []).append(pid)
-        groups[pid] = stat[1]
-    found: dict[int, int] = {}
-    queue = [root]
-    while queue:
-        for pid in parents.get(queue.pop(), ()):
-            if pid not in found:
-                found[pid] = groups[pid]
-                queue.append(pid)
-    return found
+def carries_token(pid: int, token: str) -> bool:
+    """Whether `pid` has `PARTENZA_TOKEN=token` in its environment."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            environ = handle.read()
+    except OSError:
+        return False
+    return f"{TOKEN_VARIABLE}={token}".encode() in environ.split(b"\0")
 
 
-def tagged_processes(token: str, exclude_group: int | None = None) -> list[int]:
-    """Descendants outside `exclude_group` whose environment carries `token`."""
-    needle = f"{TOKEN_VARIABLE}={token}".encode()
-    found = []
-    for pid, pgid in descendants().items():
-        if pgid == exclude_group:
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found.append(pid)
-    return found
-
-
-def signal_module(pgid: int, token: str | None, sig: int) -> int:
-    """Send `sig` to a module's group and to its tagged strays; how many strays."""
-    signal_group(pgid, sig)
-    strays = tagged_processes(token, exclude_group=pgid) if token else []
-    for pid in strays:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    return len(strays)
-
-
-def module_alive(pgid: int, token: str | None) -> bool:
-    """Whether anything of a module is left: its group or a tagged stray."""
-    if group_alive(pgid):
-        return True
-    return bool(token and tagged_processes(token, exclude_group=pgid))
+def descendants() -> list[int]:
+    """Every descendant of this process."""
+    return process_tree(children_of(os.getpid()))

@@ -73,11 +73,15 @@ def partenza_env(base: Path) -> dict[str, str]:
 class Booted:
     """A `partenza boot` subprocess and the ways to talk to it."""
 
-    def __init__(self, plan: Path, base: Path, args: list[str]) -> None:
+    def __init__(
+        self, plan: Path, base: Path, args: list[str], env: dict[str, str] | None = None
+    ) -> None:
         self.plan = plan
         self.base = base
         self.env = partenza_env(base)
-        self.socket = base / "run" / "control.sock"
+        self.env.update(env or {})
+        self.socket = Path(self.env["PARTENZA_RUNTIME_DIR"]) / "control.sock"
+        base.mkdir(parents=True, exist_ok=True)
         self.output_path = base / "boot.out"
         self.leftovers: list[int] = []
         self._output = open(self.output_path, "wb")  # noqa: SIM115
@@ -100,7 +104,9 @@ class Booted:
         with self.client() as client:
             return client.request(op, **params)
 
-    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
         """Run `partenza ARGS` against this orchestrator."""
         return subprocess.run(
             [PARTENZA, *args],
@@ -114,7 +120,9 @@ class Booted:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"partenza boot exited {self.proc.returncode}:\n{self.output}")
+                raise AssertionError(
+                    f"partenza boot exited {self.proc.returncode}:\n{self.output}"
+                )
             try:
                 self.request("hello")
                 return
@@ -139,13 +147,17 @@ class Booted:
             if predicate(snapshot):
                 return snapshot
             time.sleep(0.05)
-        states = {m["name"]: (m["state"], m["reason"]) for m in snapshot.get("modules", [])}
+        states = {
+            m["name"]: (m["state"], m["reason"]) for m in snapshot.get("modules", [])
+        }
         raise AssertionError(
             f"timed out after {timeout}s waiting for {what}; states: "
             f"{json.dumps(states, indent=1)}\nconsole:\n{self.output}"
         )
 
-    def wait_state(self, name: str, state: str, timeout: float = 15.0) -> dict[str, Any]:
+    def wait_state(
+        self, name: str, state: str, timeout: float = 15.0
+    ) -> dict[str, Any]:
         snapshot = self.wait_for(
             lambda s: _state_of(s, name) == state, timeout, f"{name} to be {state}"
         )
@@ -219,8 +231,11 @@ def boot(tmp_path: Path) -> Iterator[Callable[..., Booted]]:
     """Start `partenza boot PLAN` for a test; always ended at teardown."""
     started: list[Booted] = []
 
-    def start(plan: Path, *args: str, wait: bool = True) -> Booted:
-        booted = Booted(plan, tmp_path / f"orchestrator{len(started)}", list(args))
+    def start(
+        plan: Path, *args: str, wait: bool = True, env: dict[str, str] | None = None
+    ) -> Booted:
+        base = tmp_path / f"orchestrator{len(started)}"
+        booted = Booted(plan, base, list(args), env)
         started.append(booted)
         if wait:
             booted.wait_socket()

@@ -1,0 +1,304 @@
+"""The control socket and the CLI that talks to it, against a real orchestrator."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PARTENZA, partenza_env, write_plan
+
+SIMPLE = {
+    "web": 'exec = "sleep 1000"\ndescription = "the web"\n',
+    "worker": 'exec = "sleep 1000"\nrequires = ["web"]\n',
+}
+
+
+def raw_exchange(path: Path, payload: bytes) -> list[dict]:
+    """Send raw bytes on the socket; return every reply line until a pause."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        try:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+        except BrokenPipeError:
+            pass  # The server stopped reading: its reply is still there to read.
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return [json.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def test_the_socket_is_private(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    assert stat.S_IMODE(booted.socket.stat().st_mode) == 0o600
+    assert stat.S_IMODE(booted.socket.parent.stat().st_mode) == 0o700
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")
+def test_a_peer_of_another_uid_is_refused(tmp_path: Path, boot) -> None:
+    # The socket must be reachable by path for the other uid to get as far as
+    # the orchestrator's own check.
+    runtime = Path(tempfile.mkdtemp(prefix="partenza-peer-", dir="/tmp"))
+    runtime.chmod(0o755)
+    try:
+        booted = boot(
+            write_plan(tmp_path / "plan", SIMPLE),
+            env={"PARTENZA_RUNTIME_DIR": str(runtime)},
+        )
+        booted.socket.chmod(0o666)
+        _probe_as_nobody(booted)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def _probe_as_nobody(booted) -> None:
+    probe = (
+        "import os, socket, sys\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.connect(sys.argv[1])\n"
+        's.sendall(b\'{"v": 1, "id": 1, "op": "status"}\\n\')\n'
+        "try:\n"
+        "    print(repr(s.recv(100)))\n"
+        "except ConnectionResetError:\n"
+        "    print(repr(b''))\n"
+    )
+    result = subprocess.run(
+        [os.sys.executable, "-c", probe, str(booted.socket)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.stdout.strip() == "b''", result.stderr
+    assert "control socket: refused pid" in booted.output
+
+
+def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
+    tmp_path: Path, boot
+) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    replies = raw_exchange(
+        booted.socket,
+        b"this is not json\n"
+        b"[1, 2]\n"
+        b'{"id": 1, "op": "status"}\n'
+        b'{"v": 1, "id": 2, "op": "stauts"}\n'
+        b'{"v": 1, "id": 3, "op": "status", "module": "webb"}\n'
+        b'{"v": 1, "id": 4, "op": "logs", "module": "web", "lines": -1}\n'
+        b'{"v": 1, "id": 5, "op": "hello"}\n',
+    )
+    errors = [reply.get("error", {}) for reply in replies]
+    assert errors[0]["message"].startswith("not JSON: ")
+    assert errors[1]["message"] == "a request must be a JSON object"
+    assert errors[2] == {
+        "message": "protocol version None is not spoken here",
+        "hint": 'send "v": 1',
+    }
+    assert errors[3] == {
+        "message": "unknown op 'stauts'",
+        "hint": "did you mean 'status'?",
+    }
+    assert errors[4] == {
+        "message": "unknown module 'webb'",
+        "hint": "did you mean 'web'?",
+    }
+    assert errors[5]["message"] == "lines must be a count of 0 or more, got -1"
+    assert replies[6]["ok"] is True and replies[6]["result"]["protocol"] == 1
+    assert [reply["id"] for reply in replies[2:]] == [1, 2, 3, 4, 5]
+
+
+def test_an_oversized_request_is_refused(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    replies = raw_exchange(
+        booted.socket, b'{"v": 1, "op": "' + b"x" * (2 << 20) + b'"}\n'
+    )
+    assert replies[0]["error"]["message"] == "request too long"
+    assert booted.request("hello")["protocol"] == 1
+
+
+def test_status_lists_every_module_as_a_table_and_as_json(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    booted.wait_state("worker", "ready")
+    table = booted.cli("status")
+    assert table.returncode == 0
+    header, columns, *rows = table.stdout.splitlines()
+    assert header.startswith("plan: running, up ")
+    assert columns.split() == ["MODULE", "STATE", "PID", "UPTIME", "RESTARTS", "REASON"]
+    assert [row.split()[:2] for row in rows] == [["web", "ready"], ["worker", "ready"]]
+    data = json.loads(booted.cli("status", "--json").stdout)
+    assert [m["name"] for m in data["modules"]] == ["web", "worker"]
+    assert data["system"]["state"] == "running"
+    detail = booted.cli("status", "worker").stdout
+    assert "requires: web" in detail and "state: ready" in detail
+
+
+def test_control_commands_wait_and_report_through_exit_codes(
+    tmp_path: Path, boot
+) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            **SIMPLE,
+            "broken": (
+                'exec = ["sh", "-c", "echo oops; exit 4"]\n'
+                'restart = { policy = "never" }\n'
+                'ready = { kind = "log", pattern = "never printed" }\n'
+            ),
+        },
+    )
+    booted = boot(plan)
+    booted.wait_state("worker", "ready")
+    stopped = booted.cli("stop", "web")
+    assert stopped.returncode == 0
+    assert stopped.stdout.startswith("web: stopped (stop requested; ")
+    assert booted.module("worker")["state"] == "stopped"
+    started = booted.cli("start", "worker")
+    assert started.returncode == 0 and started.stdout.startswith("worker: ready")
+    assert booted.module("web")["state"] == "ready"
+    before = booted.module("web")["pid"]
+    restarted = booted.cli("restart", "web")
+    assert restarted.returncode == 0
+    assert booted.module("web")["pid"] != before
+    assert booted.module("web")["restarts"] == 1
+    failed = booted.cli("start", "broken")
+    assert failed.returncode == 1
+    assert failed.stderr == "partenza: broken is failed (see `partenza logs broken`)\n"
+    unknown = booted.cli("restart", "wbe")
+    assert unknown.returncode == 1
+    assert unknown.stderr == "partenza: unknown module 'wbe' (did you mean 'web'?)\n"
+
+
+def test_logs_tail_and_follow(tmp_path: Path, boot) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "counter": (
+                'exec = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo line $i; '
+                'sleep 0.05; done"]\n'
+            )
+        },
+    )
+    booted = boot(plan)
+    booted.wait_state("counter", "ready")
+    time.sleep(0.4)
+    tail = booted.cli("logs", "counter", "-n", "3").stdout.splitlines()
+    assert len(tail) == 3 and all(
+        line.split("| ")[1].startswith("line ") for line in tail
+    )
+    follow = subprocess.Popen(
+        [PARTENZA, "logs", "counter", "-f", "-n", "0"],
+        env=booted.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follow.stdout is not None
+        first = int(follow.stdout.readline().split("line ")[1])
+        second = int(follow.stdout.readline().split("line ")[1])
+        assert second == first + 1
+    finally:
+        follow.kill()
+        follow.wait()
+
+
+def test_events_stream_follows_state_changes(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    booted.wait_state("worker", "ready")
+    events = subprocess.Popen(
+        [PARTENZA, "events", "--json"],
+        env=booted.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.3)
+        assert booted.cli("restart", "worker").returncode == 0
+        assert events.stdout is not None
+        seen = []
+        while not seen or seen[-1] != ("worker", "ready"):
+            event = json.loads(events.stdout.readline())
+            if event["type"] == "state":
+                seen.append((event["module"], event["new"]))
+        assert seen == [
+            ("worker", "stopping"),
+            ("worker", "stopped"),
+            ("worker", "initializing"),
+            ("worker", "ready"),
+        ]
+    finally:
+        events.kill()
+        events.wait()
+
+
+def test_subscribe_resumes_from_a_sequence_number_within_one_boot(
+    tmp_path: Path, boot
+) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    booted.wait_state("worker", "ready")
+    with booted.client() as client:
+        stream = client.stream("subscribe", since=0)
+        first = next(stream)
+        assert first["resumed"] is True
+        replayed = next(stream)["event"]
+        assert replayed["seq"] == 1 and replayed["type"] == "system"
+    with booted.client() as client:
+        fresh = next(client.stream("subscribe", since=0, boot="another-boot"))
+        assert fresh["resumed"] is False and len(fresh["modules"]) == 2
+
+
+def test_without_an_orchestrator_clients_exit_3_with_a_hint(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [PARTENZA, "status"],
+        env=partenza_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert result.returncode == 3
+    assert result.stderr.startswith(
+        f"partenza: no orchestrator answers on {tmp_path}/run/"
+    )
+    assert "is `partenza boot` running?" in result.stderr
+
+
+def test_a_second_orchestrator_on_the_same_socket_is_refused(
+    tmp_path: Path, boot
+) -> None:
+    plan = write_plan(tmp_path / "plan", SIMPLE)
+    booted = boot(plan)
+    second = subprocess.run(
+        [PARTENZA, "boot", str(plan)],
+        env=booted.env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert second.returncode == 1
+    assert f"another orchestrator is running on {booted.socket}" in second.stdout
+    assert booted.request("hello")["pid"] == booted.proc.pid
+
+
+def test_an_invalid_plan_does_not_boot(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "plan", {"web": 'exec = "sleep 1000"\nrequires = ["db"]\n'}
+    )
+    result = subprocess.run(
+        [PARTENZA, "boot", str(plan)],
+        env=partenza_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 1
+    assert "web requires 'db', which no module in the plan provides" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
