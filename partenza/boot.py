@@ -24,6 +24,7 @@ from partenza.errors import PartenzaError
 from partenza.orchestrator import Orchestrator
 from partenza.plan import Plan
 from partenza.process import signal_group
+from partenza.units import plural
 
 log = logging.getLogger("partenza")
 
@@ -115,7 +116,7 @@ def _announce(
     count = len(plan.modules)
     console.write(
         f"Partenza {__version__}: booting {plan.name} from {plan_dir} "
-        f"({count} module{'s' if count != 1 else ''}, {len(plan.waves)} waves; "
+        f"({plural(count, 'module')}, {plural(len(plan.waves), 'wave')}; "
         f"{source} in {took * 1000:.0f}ms)\n"
     )
     console.write(f"control socket {socket}; logs in {state_dir / 'logs'}\n")

@@ -41,7 +41,7 @@ def load_plan(
             plan = Plan.from_json(json.loads(entry.read_text()))
         except FileNotFoundError:
             pass
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             log.warning("plan cache: ignoring unreadable %s: %s", entry, exc)
         else:
             if plan.digest == digest:

@@ -96,6 +96,8 @@ def _compile(args: argparse.Namespace, use_cache: bool) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from partenza.units import plural
+
     plan = _compile(args, use_cache=False)
     if plan is None:
         return EXIT_FAILED
@@ -103,9 +105,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"note: {note}")
     count = len(plan.modules)
     print(
-        f"{args.plan}: plan {plan.name} is valid: {count} module"
-        f"{'s' if count != 1 else ''}, {len(plan.active)} to start in "
-        f"{len(plan.waves)} waves"
+        f"{args.plan}: plan {plan.name} is valid: {plural(count, 'module')}, "
+        f"{len(plan.active)} to start in {plural(len(plan.waves), 'wave')}"
     )
     return EXIT_OK
 
@@ -121,7 +122,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_OK
     from partenza.render import plan_text
 
-    print(plan_text(plan))
+    print(plan_text(plan, _columns() or 80))
     return EXIT_OK
 
 

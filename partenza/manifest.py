@@ -1,9 +1,9 @@
 """Module manifests and plan settings: TOML files validated into pydantic models.
 
-A plan is a folder. Every `*.toml` file in it but `plan.toml` is the manifest of
-one module; `plan.toml`, if present, holds settings for the plan as a whole. The
-models below are the schema: the attribute docstring under each field is the
-reference text that `docs/manifest.md` is generated from.
+A plan is a folder. Every `*.toml` file in it but `plan.toml` and hidden files
+is the manifest of one module; `plan.toml`, if present, holds settings for the
+plan as a whole. The models below are the schema: the attribute docstring under
+each field is the reference text that `docs/manifest.md` is generated from.
 
 Loading never raises for bad input. `load_manifest` and `load_settings` return
 the model, or None and a list of `Problem`s that name the file, the field and
@@ -32,7 +32,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from partenza.errors import Problem, did_you_mean, suggestion
-from partenza.units import DURATION_FORM, SIZE_FORM, parse_duration, parse_size
+from partenza.units import (
+    DURATION_FORM,
+    format_duration,
+    parse_duration,
+    parse_size,
+)
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 NAME_FORM = (
@@ -48,7 +53,7 @@ def _duration(value: Any) -> float:
         raise PydanticCustomError(
             "duration",
             "expected {form}, got {value}",
-            {"form": DURATION_FORM, "value": repr(value)},
+            {"form": DURATION_FORM, "value": _toml_value(value)},
         )
     if not isinstance(value, str):
         raise PydanticCustomError(
@@ -75,10 +80,11 @@ def _argv(value: Any) -> list[str]:
         try:
             argv = shlex.split(value)
         except ValueError as exc:
+            error = str(exc)
             raise PydanticCustomError(
                 "argv",
                 "cannot split {value} like a shell would: {error}",
-                {"value": repr(value), "error": str(exc)},
+                {"value": repr(value), "error": error[:1].lower() + error[1:]},
             ) from None
     elif isinstance(value, list) and all(isinstance(item, str) for item in value):
         argv = list(value)
@@ -107,6 +113,13 @@ def _signal(value: Any) -> str:
     )
 
 
+def _field_error(field: str, message: str) -> PydanticCustomError:
+    """An error of a model-wide check, charged to one of the model's fields."""
+    return PydanticCustomError(
+        "field", "{message}", {"field": field, "message": message}
+    )
+
+
 Duration = Annotated[float, BeforeValidator(_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
 Argv = Annotated[list[str], BeforeValidator(_argv)]
@@ -119,7 +132,8 @@ class _Strict(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
         frozen=True,
-        strict=False,
+        # TOML values are typed: "5" is no integer and "yes" no boolean.
+        strict=True,
     )
 
 
@@ -127,7 +141,7 @@ class _ReadyBase(_Strict):
     timeout: Duration = 30.0
     """How long the module may take to become ready before the start counts as
     failed and its process group is stopped."""
-    interval: Duration = 0.1
+    interval: Annotated[Duration, Field(gt=0)] = 0.1
     """How often a polling check (tcp, exec, file) is tried while waiting."""
 
 
@@ -155,8 +169,10 @@ class ReadyExec(_ReadyBase):
     kind: Literal["exec"]
     """`exec`: the module is ready once a check command exits 0."""
     command: Argv
-    """The check, as an argv list or a string split like a shell would. It runs
-    with the module's environment and working directory, every `interval`."""
+    """The check, as an argv list or a string split like a shell would, with
+    `${python}` and `${plan_dir}` expanded and its program checked like `exec`.
+    It runs with the module's environment and working directory, every
+    `interval`."""
 
 
 class ReadyFile(_ReadyBase):
@@ -165,8 +181,8 @@ class ReadyFile(_ReadyBase):
     kind: Literal["file"]
     """`file`: the module is ready once a path exists."""
     path: str
-    """The path to wait for; relative paths are taken from the working
-    directory."""
+    """The path to wait for, which may use `${plan_dir}`; a relative path is
+    taken from the working directory."""
 
 
 class ReadyLog(_ReadyBase):
@@ -203,24 +219,27 @@ class Restart(_Strict):
     """When a module's process ends, whether and how soon to start it again."""
 
     policy: Literal["never", "on-failure", "always"] = "on-failure"
-    """`never`; `on-failure`: when it exits non-zero, is killed by a signal or
-    fails its ready check; `always`: whenever it ends, even with exit 0."""
+    """`never` (it stays down), `on-failure` (when it exits non-zero, is killed by
+    a signal or fails its ready check) or `always` (whenever it ends, even with
+    exit 0)."""
     delay: Duration = 0.1
     """The first restart's delay. Each further restart within `window` doubles
     it, up to `max_delay`."""
     max_delay: Duration = 30.0
-    """The longest delay between two starts."""
+    """The longest delay between two starts; not shorter than `delay`."""
     limit: int = Field(default=5, ge=1)
     """At most this many starts within `window`; one more and the module has
     failed for good and its `on_failure` strategy applies."""
-    window: Duration = 60.0
+    window: Annotated[Duration, Field(gt=0)] = 60.0
     """The sliding window over which starts are counted."""
 
     @model_validator(mode="after")
     def _delays_ordered(self) -> Restart:
         if self.max_delay < self.delay:
-            raise PydanticCustomError(
-                "order", "max_delay must not be shorter than delay"
+            raise _field_error(
+                "max_delay",
+                f"{format_duration(self.max_delay)} is shorter than delay "
+                f"({format_duration(self.delay)}); raise max_delay or lower delay",
             )
         return self
 
@@ -238,27 +257,34 @@ class Manifest(_Strict):
     """One module: a long-lived program, what it needs and how to supervise it."""
 
     name: Name | None = None
-    """The module's name; the file's name without `.toml` when left out."""
+    """The module's name, up to 64 lowercase letters, digits, `-`, `_` or `.`;
+    the file's name without `.toml` when left out."""
     description: str = ""
     """One line saying what the module is for; shown by `status` and `plan`."""
     api_version: str = "1.0"
-    """The Partenza API version the module speaks, `MAJOR.MINOR`."""
+    """The Partenza API version the module speaks, `"MAJOR.MINOR"`; this
+    orchestrator speaks major version 1."""
     compatibility: Literal["none", "backward", "forward", "both"] = "backward"
     """Which other minor versions of the same major the module also works with:
     `backward` (older), `forward` (newer), `both`, or `none` (only its own)."""
     exec: Argv
     """The program and its arguments, as a list or as one string split like a
     shell would (no shell runs it). `${python}` stands for the interpreter
-    Partenza runs on and `${plan_dir}` for the plan's folder."""
+    Partenza runs on and `${plan_dir}` for the plan's folder. The program must
+    exist when the plan is compiled: a path with a `/` is taken from `workdir`,
+    a bare name is looked up in `PATH`."""
     env: dict[str, str] = {}
-    """Extra environment variables, on top of the orchestrator's own."""
+    """Extra environment variables, on top of the orchestrator's own; the values
+    are strings and may use `${python}` and `${plan_dir}`."""
     workdir: str | None = None
-    """The working directory; relative to the plan's folder, which is also the
-    default."""
+    """The working directory, absolute or relative to the plan's folder (the
+    default); it must exist."""
     user: str | None = None
-    """The user to run as; only an orchestrator running as root can switch."""
+    """The user to run as, which must exist; only an orchestrator running as
+    root can switch."""
     group: str | None = None
-    """The group to run as; defaults to the user's primary group."""
+    """The group to run as, which must exist; defaults to the user's primary
+    group."""
     provides: list[Name] = []
     """Capabilities this module provides, besides its own name. Modules that
     provide the same capability are alternatives: one is chosen."""
@@ -272,9 +298,11 @@ class Manifest(_Strict):
     """Ordering only: if these are in the plan, start after they have settled;
     they are not pulled in."""
     sidecars: list[Name] = []
-    """Sidecar modules bound to this one; each starts, and is ready, first."""
+    """Sidecar modules bound to this one; each starts, and is ready, first. A
+    sidecar is bound to one target only."""
     sidecar: bool = False
-    """This module is a sidecar: it runs only for the target that names it."""
+    """This module is a sidecar: it runs only for the target that names it in
+    `sidecars`, and cannot have sidecars of its own."""
     critical: bool = False
     """The system cannot run without this module: when it fails for good the
     system enters rescue and the bluescreen takes the console."""
@@ -312,6 +340,18 @@ class Manifest(_Strict):
             )
         return value
 
+    @field_validator("provides", "requires", "wants", "after", "sidecars")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for name in value:
+            if name in seen:
+                raise PydanticCustomError(
+                    "repeat", "{name} is listed twice", {"name": repr(name)}
+                )
+            seen.add(name)
+        return value
+
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
@@ -327,13 +367,13 @@ class Manifest(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         if self.critical and self.on_failure == "degrade":
-            raise PydanticCustomError(
-                "critical",
+            raise _field_error(
+                "on_failure",
                 "a critical module cannot degrade; drop on_failure (it then "
                 "defaults to bluescreen) or set critical = false",
             )
         if self.sidecar and self.sidecars:
-            raise PydanticCustomError("sidecar", "a sidecar cannot have sidecars")
+            raise _field_error("sidecars", "a sidecar cannot have sidecars of its own")
         return self
 
     @property
@@ -365,7 +405,9 @@ class PlanSettings(_Strict):
     description: str = ""
     """One line saying what the plan is for."""
     prefer: dict[Name, Name] = {}
-    """A chosen provider per capability, over priorities: `{ db = "postgres" }`."""
+    """A chosen provider per capability, over priorities: `{ db = "postgres" }`.
+    The capability must be provided by some module, and the module must be one
+    of its providers."""
     logs: LogSettings = LogSettings()
     """How module output is kept."""
 
@@ -441,6 +483,13 @@ def _field_path(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
     return ".".join(parts)
 
 
+def _toml_value(value: Any) -> str:
+    """`value` as it would be written in TOML, roughly: `true`, `5`, `'web'`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def _describe_error(error: Any, model: type[BaseModel]) -> str:
     kind = error["type"]
     loc = tuple(error["loc"])
@@ -454,15 +503,16 @@ def _describe_error(error: Any, model: type[BaseModel]) -> str:
         return f"unknown key; expected one of: {', '.join(known)}"
     if kind == "missing":
         return "required but missing"
-    if kind == "string_type" and isinstance(value, (int, float)):
-        return f'expected a string, got {value!r} (quote it: "{value}")'
+    if kind == "string_type" and isinstance(value, (int, float, bool)):
+        shown = _toml_value(value)
+        return f'expected a string, got {shown} (quote it: "{shown}")'
     if kind in _TYPE_WORDS:
-        return f"expected {_TYPE_WORDS[kind]}, got {value!r}"
+        return f"expected {_TYPE_WORDS[kind]}, got {_toml_value(value)}"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         choices = re.findall(r"'([^']*)'", expected)
         hint = suggestion(str(value), choices)
-        return f"expected one of {expected}, got {value!r}{hint}"
+        return f"expected one of {expected}, got {_toml_value(value)}{hint}"
     if kind == "union_tag_invalid":
         ctx = error.get("ctx", {})
         choices = re.findall(r"'([^']*)'", ctx.get("expected_tags", ""))
@@ -474,7 +524,7 @@ def _describe_error(error: Any, model: type[BaseModel]) -> str:
     if kind == "union_tag_not_found":
         return "needs a `kind`: started, tcp, exec, file or log"
     if kind == "string_pattern_mismatch":
-        return f"expected a name of {NAME_FORM}, got {value!r}"
+        return f"expected a name of {NAME_FORM}, got {_toml_value(value)}"
     bounds = {
         "greater_than_equal": ("at least", "ge"),
         "less_than_equal": ("at most", "le"),
@@ -483,7 +533,8 @@ def _describe_error(error: Any, model: type[BaseModel]) -> str:
     }
     if kind in bounds:
         words, key = bounds[kind]
-        return f"expected {words} {error.get('ctx', {}).get(key)}, got {value!r}"
+        limit = error.get("ctx", {}).get(key)
+        return f"expected {words} {limit}, got {_toml_value(value)}"
     return error["msg"][0].lower() + error["msg"][1:] if error["msg"] else kind
 
 
@@ -494,9 +545,25 @@ def problems_from(
     problems: list[Problem] = []
     for error in exc.errors(include_url=False):
         loc = tuple(error["loc"])
+        ctx = error.get("ctx") or {}
+        if error["type"] == "field":
+            # A model-wide check names the field it is about.
+            loc = (*loc, ctx["field"])
+            message = ctx["message"]
+        elif loc and loc[-1] == "[key]":
+            # A table key that is not a name: `prefer = { DB = "pg" }`.
+            loc = loc[:-1]
+            message = _describe_error(error, model).replace(
+                "expected a name", "expected a key that is a name", 1
+            )
+        else:
+            message = _describe_error(error, model)
         field = _field_path(loc, model) if loc else None
-        problems.append(Problem(file, field or None, _describe_error(error, model)))
+        problems.append(Problem(file, field or None, message))
     return problems
+
+
+_TOML_POSITION = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)")
 
 
 def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Problem]]:
@@ -512,9 +579,12 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Probl
     except tomllib.TOMLDecodeError as exc:
         text = str(exc)
         where = re.search(r"\(at line (\d+), column (\d+)\)", text)
-        message = re.sub(r"\s*\(at line \d+, column \d+\)", "", text)
         if where:
             shown = f"{shown}:{where.group(1)}:{where.group(2)}"
+        elif text.endswith("(at end of document)"):
+            lines = data.decode("utf-8").split("\n")
+            shown = f"{shown}:{len(lines)}:{len(lines[-1]) + 1}"
+        message = re.sub(_TOML_POSITION, "", text)
         return None, [Problem(shown, None, f"TOML syntax error: {message}")]
 
 
@@ -562,37 +632,3 @@ def load_settings(
         return PlanSettings.model_validate(data), []
     except ValidationError as exc:
         return None, problems_from(exc, shown, PlanSettings)
-
-
-def field_docs(model: type[BaseModel]) -> list[tuple[str, str, str, str]]:
-    """(field, type, default, description) for each field of `model`, for docs."""
-    rows = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        rows.append(
-            (
-                name,
-                _type_name(annotation),
-                _default_text(field),
-                field.description or "",
-            )
-        )
-    return rows
-
-
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    text = str(annotation) if text in ("Annotated", "Optional", "Union") else text
-    return text.replace("typing.", "").replace("partenza.manifest.", "")
-
-
-def _default_text(field: Any) -> str:
-    if field.is_required():
-        return "required"
-    default = field.default
-    if isinstance(default, BaseModel):
-        return "see below"
-    return repr(default)
-
-
-SCHEMA_FORMS = {"duration": DURATION_FORM, "size": SIZE_FORM, "name": NAME_FORM}

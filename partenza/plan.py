@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import shlex
 import shutil
 import sys
 from collections.abc import Iterable
@@ -51,7 +52,7 @@ class ReadySpec:
         if self.kind == "tcp":
             return f"tcp {self.host}:{self.port}"
         if self.kind == "exec":
-            return "exec " + " ".join(self.command)
+            return "exec " + shlex.join(self.command)
         if self.kind == "file":
             return f"file {self.path}"
         if self.kind == "log":
@@ -197,8 +198,17 @@ class Plan:
         Raises:
             ValueError: the data is from another compiler version or malformed.
         """
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
         if data.get("compiler") != COMPILER_VERSION:
             raise ValueError("compiled by another version")
+        try:
+            return cls._from_json(data)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed compiled plan: {exc!r}") from None
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> Plan:
         modules = {}
         for name, raw in data["modules"].items():
             raw = dict(raw)
@@ -227,19 +237,28 @@ class Plan:
 
 
 def manifest_files(folder: Path) -> tuple[list[Path], Path | None]:
-    """The module manifests of a plan folder, sorted, and its `plan.toml`."""
-    files = sorted(p for p in folder.glob("*.toml") if p.name != SETTINGS_FILE)
+    """The module manifests of a plan folder, sorted, and its `plan.toml`.
+
+    Hidden files are skipped: editors leave `.#web.toml` locks and the like.
+    """
+    files = sorted(
+        p
+        for p in folder.glob("*.toml")
+        if p.name != SETTINGS_FILE and not p.name.startswith(".")
+    )
     settings = folder / SETTINGS_FILE
     return files, settings if settings.exists() else None
 
 
 def plan_digest(folder: Path) -> str:
     """A hash of everything a compiled plan depends on: every TOML file's bytes,
-    the compiler version and the interpreter `${python}` expands to."""
+    the compiler version, the interpreter `${python}` expands to, and the folder
+    (resolved for `${plan_dir}`, and as given, which problems and `file` show)."""
     files, settings = manifest_files(folder)
     digest = hashlib.sha256()
     digest.update(f"partenza-plan {COMPILER_VERSION} {sys.executable}\0".encode())
     digest.update(str(folder.resolve()).encode() + b"\0")
+    digest.update(str(folder).encode() + b"\0")
     for path in [*files, *([settings] if settings else [])]:
         try:
             data = path.read_bytes()
@@ -282,11 +301,13 @@ def compile_plan(folder: Path | str) -> Plan:
         settings, found = mf.load_settings(settings_path, _shown(folder, settings_path))
         problems += found
     manifests: dict[str, tuple[mf.Manifest, str]] = {}
+    invalid: dict[str, str] = {}
     for path in files:
         shown = _shown(folder, path)
         manifest, found = mf.load_manifest(path, shown)
         problems += found
         if manifest is None:
+            invalid[path.stem] = shown
             continue
         assert manifest.name is not None
         if manifest.name in manifests:
@@ -312,7 +333,9 @@ def compile_plan(folder: Path | str) -> Plan:
     plan_name = (settings.name if settings and settings.name else None) or _dir_name(
         base
     )
-    compiler = _Compiler(modules, settings.prefer if settings else {}, settings_path)
+    compiler = _Compiler(
+        modules, settings.prefer if settings else {}, settings_path, invalid
+    )
     compiler.run()
     problems += compiler.problems
     if problems:
@@ -474,9 +497,12 @@ class _Compiler:
         modules: dict[str, ModuleSpec],
         prefer: dict[str, str],
         settings: Path | None,
+        invalid: dict[str, str] | None = None,
     ) -> None:
         self.modules = modules
         self.prefer = prefer
+        # Manifests that did not load, by file stem: their likely module names.
+        self.invalid = invalid or {}
         self.settings_file = str(settings) if settings else "plan.toml"
         self.problems: list[Problem] = []
         self.notes: list[Problem] = []
@@ -516,7 +542,7 @@ class _Compiler:
             if preferred is not None and preferred in names:
                 ranked.remove(preferred)
                 ranked.insert(0, preferred)
-                reason = f"preferred in {self.settings_file}"
+                reason = f"preferred in {SETTINGS_FILE}"
             elif len(ranked) == 1:
                 reason = "only provider"
             else:
@@ -559,8 +585,20 @@ class _Compiler:
         chosen = self.providers.get(name)
         return chosen[0] if chosen else None
 
-    def resolve_edges(self) -> None:
+    def _absent(self, spec: ModuleSpec, name: str) -> str:
+        """Why a requirement resolves to nothing, with the likeliest fix."""
+        if name in self.invalid:
+            return (
+                f"{spec.name} requires {name!r}, whose manifest {self.invalid[name]} "
+                "has problems of its own"
+            )
         known = list(self.modules) + list(self.providers)
+        return (
+            f"{spec.name} requires {name!r}, which no module in the plan "
+            f"provides{suggestion(name, known)}"
+        )
+
+    def resolve_edges(self) -> None:
         bound: dict[str, str] = {}
         for spec in self.modules.values():
             for kind in ("requires", "wants", "after"):
@@ -568,12 +606,7 @@ class _Compiler:
                     target = self.resolve(name)
                     if target is None and kind == "requires":
                         self.problems.append(
-                            Problem(
-                                spec.file,
-                                "requires",
-                                f"{spec.name} requires {name!r}, which no module "
-                                f"in the plan provides{suggestion(name, known)}",
-                            )
+                            Problem(spec.file, "requires", self._absent(spec, name))
                         )
                         continue
                     if target is None:
@@ -588,6 +621,16 @@ class _Compiler:
                     self.edges.append(Edge(spec.name, target, kind, name, spec.file))
             for name in spec.sidecars:
                 sidecar = self.modules.get(name)
+                if sidecar is None and name in self.invalid:
+                    self.problems.append(
+                        Problem(
+                            spec.file,
+                            "sidecars",
+                            f"sidecar {name!r} is not loaded: {self.invalid[name]} "
+                            "has problems of its own",
+                        )
+                    )
+                    continue
                 if sidecar is None:
                     self.problems.append(
                         Problem(

@@ -147,59 +147,112 @@ def log_line(line: dict[str, Any], module: str | None = None) -> str:
     return f"{clock(line['time'])}{who}{mark} {line['text']}"
 
 
-def plan_text(plan: Any) -> str:
-    """The dry run of a compiled plan: what starts, in which order, and why."""
+def plan_text(plan: Any, width: int = 80) -> str:
+    """The dry run of a compiled plan: what starts, in which order, and why.
+
+    Lines are wrapped to `width` columns (0: not wrapped). Manifests are named
+    by file name: they all sit in the plan's folder, which the header shows.
+    """
+    import os.path
+    import textwrap
+
     lines: list[str] = []
+
+    def add(text: str, indent: int = 0, hang: int = 2) -> None:
+        first, rest = " " * indent, " " * (indent + hang)
+        if not width or len(first + text) <= width:
+            lines.append(first + text)
+            return
+        lines.extend(
+            textwrap.wrap(
+                text,
+                width,
+                initial_indent=first,
+                subsequent_indent=rest,
+                break_on_hyphens=False,
+            )
+        )
+
+    def plural(count: int, word: str) -> str:
+        return f"{count} {word}{'s' if count != 1 else ''}"
+
+    def local(file: str) -> str:
+        return os.path.basename(file)
+
     active = plan.active
-    count = len(plan.modules)
-    lines.append(
-        f"plan {plan.name} ({plan.dir}): {count} module{'s' if count != 1 else ''}, "
-        f"{len(active)} to start, {len(plan.standby)} standby"
+    add(
+        f"plan {plan.name}: {plural(len(plan.modules), 'module')}, "
+        f"{len(active)} to start in {plural(len(plan.waves), 'wave')}, "
+        f"{len(plan.standby)} standby"
     )
     if plan.description:
-        lines.append(f"  {plan.description}")
+        add(plan.description, 2)
+    add(f"folder: {plan.dir}", 2)
+
+    sidecar_of = {e.dst: e.src for e in plan.edges if e.kind == "sidecar"}
     lines.append("")
     lines.append("start order")
-    name_width = max((len(n) for n in plan.modules), default=4)
     for index, wave in enumerate(plan.waves, 1):
-        lines.append(f"  wave {index}")
+        add(f"wave {index}", 2)
         for name in wave:
             spec = plan.modules[name]
+            title = name
+            if name in sidecar_of:
+                title += f" (sidecar of {sidecar_of[name]})"
+            add(f"{title}: {spec.description}" if spec.description else title, 4)
+            add(f"ready when: {spec.ready.describe()}", 6)
             restart = spec.restart
             policy = restart.policy
             if policy != "never":
                 policy += (
-                    f", {restart.limit} starts in {format_duration(restart.window)}"
+                    f", {plural(restart.limit, 'start')} in "
+                    f"{format_duration(restart.window)}"
                 )
-            lines.append(
-                f"    {name.ljust(name_width)}  ready: {spec.ready.describe()}; "
-                f"restart: {policy}; on failure: {spec.on_failure}"
-            )
+            failure = spec.on_failure + (" (critical)" if spec.critical else "")
+            add(f"restart: {policy}; on failure: {failure}", 6)
+
     if plan.standby:
-        lines.append("  standby (started only on failover or by hand)")
+        lines.append("")
+        lines.append("standby: started only on failover or by hand")
         for name in plan.standby:
-            lines.append(f"    {name}")
+            spec = plan.modules[name]
+            if spec.provides:
+                add(f"{name}: provides {', '.join(spec.provides)}", 2)
+            elif spec.sidecar:
+                add(f"{name}: a sidecar that no module names", 2)
+            else:
+                add(name, 2)
+
     if plan.providers:
         lines.append("")
-        lines.append("providers")
+        lines.append("providers: the first one is chosen")
         for capability, names in sorted(plan.providers.items()):
             others = f"; then {', '.join(names[1:])}" if len(names) > 1 else ""
-            lines.append(
-                f"  {capability}: {names[0]} ({plan.choices[capability]}){others}"
-            )
+            add(f"{capability}: {names[0]} ({plan.choices[capability]}){others}", 2)
+
     if plan.edges:
         lines.append("")
-        lines.append("edges")
-        for edge in plan.edges:
-            target = edge.dst or "(absent)"
-            arrow = "=>" if edge.hard else "->"
-            via = f" via {edge.via}" if edge.via not in (edge.dst, None) else ""
-            lines.append(
-                f"  {edge.src} {arrow} {target}{via}  [{edge.kind}] {edge.why()}"
+        lines.append("edges: => must be ready first, -> soft or ordering only")
+        heads = [
+            f"{e.src} {'=>' if e.hard else '->'} {e.dst or '(absent)'}"
+            for e in plan.edges
+        ]
+        kinds = [f"[{e.kind}]" for e in plan.edges]
+        head_width = max(len(head) for head in heads)
+        kind_width = max(len(kind) for kind in kinds)
+        for edge, head, kind in zip(plan.edges, heads, kinds, strict=True):
+            field_name = "sidecars" if edge.kind == "sidecar" else edge.kind
+            add(
+                f"{head.ljust(head_width)}  {kind.ljust(kind_width)}  "
+                f'{local(edge.file)}: {field_name} "{edge.via}"',
+                2,
+                4,
             )
+
     if plan.notes:
         lines.append("")
         lines.append("notes")
         for note in plan.notes:
-            lines.append(f"  {note}")
+            where = local(note.file) + (f": {note.field}" if note.field else "")
+            add(f"{where}: {note.message}", 2)
     return "\n".join(lines)

@@ -50,14 +50,22 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _SIZE_SCALE[match.group(2)])
 
 
+def plural(count: int, word: str) -> str:
+    """`1 wave`, `2 waves`."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
 def format_duration(seconds: float) -> str:
     """A short human form of `seconds`: `40ms`, `2.5s`, `3m12s`, `2h05m`."""
-    if seconds < 1:
+    seconds = max(0.0, seconds)
+    # Each bound is where the shorter form would round up to the next unit.
+    if seconds < 0.9995:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 10:
+    if seconds < 9.95:
         return f"{seconds:.2g}s" if seconds < 1.95 else f"{seconds:.1f}s"
     if seconds < 60:
-        return f"{seconds:.0f}s"
+        # Minutes are truncated below, so 59.7s is 59s rather than 60s.
+        return f"{min(round(seconds), 59)}s"
     minutes, secs = divmod(int(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
