@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from partenza import __version__
-from partenza.errors import PartenzaError, did_you_mean
+from partenza.errors import PartenzaError, PlanError, did_you_mean
 from partenza.orchestrator import (
     BLOCKED,
     FAILED,
@@ -34,12 +34,15 @@ from partenza.orchestrator import (
     STOPPED,
     Orchestrator,
     Unit,
+    diff_plans,
 )
 
 log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 MAX_REQUEST = 1 << 20
+ACTIONS = ("exit", "poweroff", "reboot")
+"""What a shutdown ends with; outside PID 1 all three end the orchestrator."""
 DISCARD_FOR = 2.0
 """Seconds an oversized request is read and thrown away before hanging up."""
 QUEUE_LIMIT = 10000
@@ -50,6 +53,12 @@ Params = dict[str, Any]
 
 class RequestError(PartenzaError):
     """A request that cannot be served; sent back as the error of the reply."""
+
+    def __init__(
+        self, message: str, hint: str | None = None, problems: list[str] | None = None
+    ) -> None:
+        super().__init__(message, hint)
+        self.problems = problems or []
 
 
 class _Connection:
@@ -82,6 +91,9 @@ class ControlServer:
             "stop": self._stop,
             "restart": self._restart,
             "shutdown": self._shutdown,
+            "validate": self._validate,
+            "reload": self._reload,
+            "continue": self._continue,
             "subscribe": self._subscribe,
         }
 
@@ -205,7 +217,11 @@ class ControlServer:
                 )
                 continue
             except PartenzaError as exc:
-                await conn.send(_error(request_id, exc.message, exc.hint))
+                reply = _error(request_id, exc.message, exc.hint)
+                problems = getattr(exc, "problems", None)
+                if problems:
+                    reply["error"]["problems"] = [str(p) for p in problems]
+                await conn.send(reply)
                 continue
             if result is _STREAMED:
                 return
@@ -366,9 +382,50 @@ class ControlServer:
         return {"module": self.orchestrator.record(unit), "settled": done}
 
     async def _shutdown(self, params: Params, conn: _Connection, rid: Any) -> Any:
-        reason = params.get("reason") or "shutdown requested"
-        asyncio.get_running_loop().call_soon(self.orchestrator.shutdown, str(reason))
-        return {"state": "stopping"}
+        reason = str(params.get("reason") or "shutdown requested")
+        action = params.get("action", "exit")
+        if action not in ACTIONS:
+            raise RequestError(
+                f"unknown shutdown action {action!r}", "one of " + ", ".join(ACTIONS)
+            )
+        asyncio.get_running_loop().call_soon(
+            lambda: self.orchestrator.shutdown(reason, action=action)
+        )
+        return {"state": "stopping", "action": action}
+
+    async def _compile(self) -> Any:
+        """Compile the plan folder again, off the loop: pydantic is slow to load."""
+        from partenza.plan import compile_plan
+
+        return await asyncio.to_thread(compile_plan, self.orchestrator.source)
+
+    async def _validate(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        try:
+            plan = await self._compile()
+        except PlanError as exc:
+            return {"valid": False, "problems": [str(p) for p in exc.problems]}
+        return {
+            "valid": True,
+            "problems": [],
+            "notes": [str(note) for note in plan.notes],
+            "changes": diff_plans(self.orchestrator.plan, plan),
+        }
+
+    async def _reload(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        try:
+            plan = await self._compile()
+        except PlanError as exc:
+            raise RequestError(
+                f"{self.orchestrator.source}: {exc}; nothing was changed",
+                "fix them and reload again",
+                problems=[str(p) for p in exc.problems],
+            ) from None
+        changes = self.orchestrator.reload(plan)
+        return {"changes": changes, "notes": [str(note) for note in plan.notes]}
+
+    async def _continue(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        self.orchestrator.resume()
+        return {"system": self.orchestrator.system_record()}
 
 
 _STREAMED = object()
@@ -387,7 +444,7 @@ def _down(unit: Unit) -> bool:
 
 
 def _error(request_id: Any, message: str, hint: str | None = None) -> dict[str, Any]:
-    error = {"message": message}
+    error: dict[str, Any] = {"message": message}
     if hint:
         error["hint"] = hint
     return {"v": PROTOCOL, "id": request_id, "ok": False, "error": error}

@@ -98,7 +98,7 @@ def boot(
         _announce(console, plan, plan_dir, cached, took, socket, state_dir)
 
         # Supervise until a shutdown has run its course.
-        return asyncio.run(_run(plan, console, state_dir, socket))
+        return asyncio.run(_run(plan, str(plan_dir), console, state_dir, socket))
     finally:
         console.close()
 
@@ -125,8 +125,10 @@ def _announce(
         console.line("info", str(note))
 
 
-async def _run(plan: Plan, console: Console, state_dir: Path, socket: Path) -> int:
-    orchestrator = Orchestrator(plan, state_dir=state_dir)
+async def _run(
+    plan: Plan, source: str, console: Console, state_dir: Path, socket: Path
+) -> int:
+    orchestrator = Orchestrator(plan, state_dir=state_dir, source=source)
     orchestrator.bus.subscribe(console)
     server = ControlServer(orchestrator, socket)
     try:

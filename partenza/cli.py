@@ -235,6 +235,24 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from partenza.client import ClientError
+
+    with _client(args, timeout=120.0) as client:
+        try:
+            result = client.request("reload")
+        except ClientError as exc:
+            for problem in exc.problems:
+                sys.stderr.write(f"{problem}\n")
+            raise
+    changes = result["changes"]
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    words = [f"{kind} {', '.join(names)}" for kind, names in changes.items() if names]
+    print("reloaded: " + ("; ".join(words) if words else "nothing changed"))
+    return EXIT_OK
+
+
 def cmd_events(args: argparse.Namespace) -> int:
     from partenza import render
 
@@ -347,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     sub = command("shutdown", cmd_shutdown, "stop every module and the orchestrator")
     sub.add_argument("--no-wait", action="store_true", help="return without waiting")
+    command("reload", cmd_reload, "compile the plan again and apply what changed")
     command("top", cmd_top, "watch and steer the live system in a full-screen view")
     sub = command("events", cmd_events, "follow the event stream")
     sub.add_argument("--json", action="store_true", help="one JSON object a line")

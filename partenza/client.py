@@ -20,10 +20,13 @@ MAX_MESSAGE = 1 << 24
 class ClientError(Exception):
     """The orchestrator answered with an error, or could not be reached."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, hint: str | None = None, problems: list[str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.problems = problems or []
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
@@ -46,7 +49,11 @@ def _unwrap(reply: dict[str, Any]) -> dict[str, Any]:
         result = reply.get("result")
         return result if isinstance(result, dict) else {}
     error = reply.get("error") or {}
-    raise ClientError(error.get("message", "the request failed"), error.get("hint"))
+    raise ClientError(
+        error.get("message", "the request failed"),
+        error.get("hint"),
+        error.get("problems"),
+    )
 
 
 class Client:

@@ -397,6 +397,29 @@ class LogSettings(_Strict):
     """Rotated log files kept per module (`web.log.1` ... `web.log.N`)."""
 
 
+class ConsoleSettings(_Strict):
+    """Who has the console while the plan runs."""
+
+    mode: Literal["lines", "top"] = "lines"
+    """What the console shows: `lines` (a progress line per change) or `top`
+    (the full-screen `partenza top`, started on the console at boot)."""
+    tty: str | None = None
+    """The terminal that is the console, like `/dev/tty1` or `/dev/ttyS0`; the
+    one `partenza boot` runs on when left out (`/dev/console` as PID 1)."""
+
+
+class RescueSettings(_Strict):
+    """The rescue shell that a critical failure opens on the console."""
+
+    shell: bool = True
+    """Open the rescue shell on the console after the bluescreen report; with
+    false the report is printed and nothing more."""
+    empty_password: Literal["refuse", "allow"] = "refuse"
+    """When the shell runs as root and root's password is empty or locked:
+    `refuse` the shell, or `allow` it without a password (for containers and
+    development machines)."""
+
+
 class PlanSettings(_Strict):
     """Settings of a plan as a whole, from the optional `plan.toml`."""
 
@@ -410,6 +433,10 @@ class PlanSettings(_Strict):
     of its providers."""
     logs: LogSettings = LogSettings()
     """How module output is kept."""
+    console: ConsoleSettings = ConsoleSettings()
+    """Who has the console while the plan runs."""
+    rescue: RescueSettings = RescueSettings()
+    """The rescue shell after a critical failure."""
 
 
 # Turning pydantic's errors into lines a person can act on.

@@ -161,6 +161,8 @@ _SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
     ("###", "`stop`", mf.Stop, "The `[stop]` table."),
     ("##", "Plan settings: `plan.toml`", mf.PlanSettings, "Every key is optional."),
     ("###", "`logs`", mf.LogSettings, "The `[logs]` table of `plan.toml`."),
+    ("###", "`console`", mf.ConsoleSettings, "The `[console]` table of `plan.toml`."),
+    ("###", "`rescue`", mf.RescueSettings, "The `[rescue]` table of `plan.toml`."),
 ]
 """Heading level, heading, model and a line after the model's own docstring."""
 
@@ -182,6 +184,8 @@ _TABLE_LINKS = {
     mf.Restart: "[restart](#restart)",
     mf.Stop: "[stop](#stop)",
     mf.LogSettings: "[logs](#logs)",
+    mf.ConsoleSettings: "[console](#console)",
+    mf.RescueSettings: "[rescue](#rescue)",
 }
 
 

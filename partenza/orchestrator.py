@@ -117,6 +117,9 @@ class Unit:
         self.restart_after_stop = False
         self.blocked_by: str | None = None
         self.failure: dict[str, Any] | None = None
+        self.next_spec: ModuleSpec | None = None
+        """A changed manifest, applied once the running process has stopped."""
+        self.removing = False
 
     @property
     def pid(self) -> int | None:
@@ -138,8 +141,11 @@ class Orchestrator:
         state_dir: Path | None,
         processes: ProcessManager | None = None,
         extra_env: dict[str, str] | None = None,
+        source: str | None = None,
     ) -> None:
         self.plan = plan
+        self.source = source or plan.dir
+        """The plan folder as it was given, which a reload compiles again."""
         self.state_dir = state_dir
         self.bus = EventBus()
         self.processes = processes or ProcessManager()
@@ -176,6 +182,8 @@ class Orchestrator:
         self.shutting_down = False
         self.rescue: str | None = None
         self.exit_code = EXIT_OK
+        self.action = "exit"
+        """What ends the run: `exit`, `poweroff` or `reboot`."""
 
     # The lifecycle of the orchestrator itself.
 
@@ -200,13 +208,21 @@ class Orchestrator:
         self.processes.uninstall()
         return self.exit_code
 
-    def shutdown(self, reason: str, code: int = EXIT_OK) -> None:
-        """Stop every module, dependents before their dependencies, then end."""
+    def shutdown(self, reason: str, code: int = EXIT_OK, action: str = "exit") -> None:
+        """Stop every module, dependents before their dependencies, then end.
+
+        Args:
+            reason: Why, for the console and the events.
+            code: The exit status of `partenza boot` afterwards.
+            action: `exit`, `poweroff` or `reboot`: what the boot does once
+                every module has stopped.
+        """
         if self.shutting_down:
             return
         log.info("shutting down: %s", reason)
         self.shutting_down = True
         self.exit_code = code
+        self.action = action
         self._set_system("stopping", reason)
         for unit in self.units.values():
             unit.target = "down"
@@ -291,6 +307,81 @@ class Orchestrator:
             return unit
         return self.start(name)
 
+    def reload(self, plan: Plan) -> dict[str, list[str]]:
+        """Apply a newly compiled plan: add, remove and restart what changed.
+
+        Unchanged modules are left running. A changed module that is running is
+        stopped and started on its new manifest; one that had failed is given a
+        fresh start. A module that left the plan is stopped and forgotten.
+        """
+        changes = diff_plans(self.plan, plan)
+        self.plan = plan
+        self.providers = {cap: list(names) for cap, names in plan.providers.items()}
+        self._edges_from = {name: [] for name in self.units}
+        for edge in plan.edges:
+            self._edges_from.setdefault(edge.src, []).append(edge)
+        for name in changes["removed"]:
+            unit = self.units[name]
+            unit.removing = True
+            unit.target = "down"
+            unit.down_reason = "removed from the plan"
+        standby = set(plan.standby)
+        log_dir = self.state_dir / "logs" if self.state_dir else None
+        for name in changes["added"]:
+            unit = Unit(
+                plan.modules[name],
+                ModuleLog(name, plan.logs, log_dir),
+                standby=name in standby,
+            )
+            self.units[name] = unit
+            self._counts[unit.state] += 1
+            self.bus.publish("added", module=name, record=self.record(unit))
+        for name in changes["changed"]:
+            self._respec(self.units[name], plan.modules[name])
+        for name, unit in self.units.items():
+            if unit.removing:
+                continue
+            if name in standby and not unit.standby and not unit.busy:
+                unit.standby, unit.target = True, "down"
+            elif name not in standby and unit.standby:
+                unit.standby, unit.target = False, "up"
+        self._rebuild_dependents()
+        for unit in list(self.units.values()):
+            self._mark(unit)
+        log.info(
+            "reloaded %s: %d added, %d removed, %d changed",
+            plan.name,
+            len(changes["added"]),
+            len(changes["removed"]),
+            len(changes["changed"]),
+        )
+        self.bus.publish("reload", plan=plan.name, **changes)
+        return changes
+
+    def _respec(self, unit: Unit, spec: ModuleSpec) -> None:
+        unit.starts.clear()
+        unit.completed = False
+        if unit.child is not None:
+            unit.next_spec = spec
+            unit.restart_after_stop = True
+            self._stop(unit, "manifest changed")
+            return
+        unit.spec = spec
+        if unit.timer is not None:
+            unit.timer.cancel()
+            unit.timer = None
+        if unit.state in (FAILED, RESTARTING):
+            unit.failure = None
+            self._set(unit, INACTIVE, "manifest changed")
+
+    def resume(self) -> None:
+        """Leave rescue and go on with the boot, degraded if it must be."""
+        if self.rescue:
+            log.info("leaving rescue (%s failed)", self.rescue)
+        self.rescue = None
+        for unit in self.units.values():
+            self._mark(unit)
+
     async def settled(
         self, unit: Unit, wanted: Callable[[Unit], bool], timeout: float
     ) -> bool:
@@ -331,7 +422,12 @@ class Orchestrator:
         while self._dirty:
             name = next(iter(self._dirty))
             del self._dirty[name]
-            self._step(self.units[name])
+            unit = self.units.get(name)
+            if unit is None:
+                continue
+            self._step(unit)
+            if unit.removing and not unit.busy:
+                self._forget(unit)
         self._update_system()
         if self.shutting_down:
             self._check_finished()
@@ -598,6 +694,8 @@ class Orchestrator:
             else:
                 how = status.describe() if status else "never started"
             blocked, unit.blocked_after_stop = unit.blocked_after_stop, None
+            if unit.next_spec is not None:
+                unit.spec, unit.next_spec = unit.next_spec, None
             if unit.restart_after_stop:
                 unit.restart_after_stop = False
                 unit.starts.clear()
@@ -732,7 +830,7 @@ class Orchestrator:
         return names[0] if names else None
 
     def _targets(self, unit: Unit) -> Iterable[tuple[Edge, Unit | None]]:
-        for edge in self._edges_from[unit.name]:
+        for edge in self._edges_from.get(unit.name, ()):
             name = edge.via if edge.kind == "sidecar" else self._resolve(edge.via)
             yield edge, self.units.get(name) if name else None
 
@@ -804,6 +902,15 @@ class Orchestrator:
             if waited is unit and not future.done() and wanted(unit):
                 future.set_result(None)
         self._touch(unit)
+
+    def _forget(self, unit: Unit) -> None:
+        del self.units[unit.name]
+        self._counts[unit.state] -= 1
+        self._pending_boot.discard(unit.name)
+        self._edges_from.pop(unit.name, None)
+        unit.log.close()
+        self._rebuild_dependents()
+        self.bus.publish("removed", module=unit.name)
 
     def _boot_finished(self) -> None:
         self.boot_took = time.time() - self.boot_started
@@ -909,3 +1016,16 @@ class Orchestrator:
             chain.append(f"{unit.name} {unit.state}: {unit.reason}")
             unit = self.units.get(unit.blocked_by) if unit.blocked_by else None
         return chain
+
+
+def diff_plans(old: Plan, new: Plan) -> dict[str, list[str]]:
+    """Which modules a new plan adds, removes and changes against an old one."""
+    return {
+        "added": sorted(set(new.modules) - set(old.modules)),
+        "removed": sorted(set(old.modules) - set(new.modules)),
+        "changed": sorted(
+            name
+            for name in set(old.modules) & set(new.modules)
+            if old.modules[name] != new.modules[name]
+        ),
+    }

@@ -26,7 +26,7 @@ from typing import Any
 
 from partenza.errors import PlanError, Problem, suggestion
 
-COMPILER_VERSION = 1
+COMPILER_VERSION = 2
 """Bumped whenever the compiled form changes, so old cache entries are missed."""
 SETTINGS_FILE = "plan.toml"
 EDGE_KINDS = ("requires", "wants", "after", "sidecar")
@@ -92,6 +92,22 @@ class LogSpec:
     max_line: int = 16384
     file_size: int = 4 * 1024 * 1024
     file_keep: int = 3
+
+
+@dataclass(frozen=True)
+class ConsoleSpec:
+    """Who has the console; see `partenza.manifest.ConsoleSettings`."""
+
+    mode: str = "lines"
+    tty: str | None = None
+
+
+@dataclass(frozen=True)
+class RescueSpec:
+    """The rescue shell; see `partenza.manifest.RescueSettings`."""
+
+    shell: bool = True
+    empty_password: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,8 @@ class Plan:
     """Warnings: things that are allowed but worth knowing."""
     description: str = ""
     logs: LogSpec = LogSpec()
+    console: ConsoleSpec = ConsoleSpec()
+    rescue: RescueSpec = RescueSpec()
 
     @property
     def active(self) -> list[str]:
@@ -233,6 +251,8 @@ class Plan:
             notes=[Problem(**note) for note in data["notes"]],
             description=data["description"],
             logs=LogSpec(**data["logs"]),
+            console=ConsoleSpec(**data["console"]),
+            rescue=RescueSpec(**data["rescue"]),
         )
 
 
@@ -341,6 +361,8 @@ def compile_plan(folder: Path | str) -> Plan:
     if problems:
         raise PlanError(problems)
     logs = settings.logs if settings else mf.LogSettings()
+    console = settings.console if settings else mf.ConsoleSettings()
+    rescue = settings.rescue if settings else mf.RescueSettings()
     return Plan(
         name=plan_name,
         dir=str(base),
@@ -359,6 +381,8 @@ def compile_plan(folder: Path | str) -> Plan:
             file_size=logs.file_size,
             file_keep=logs.file_keep,
         ),
+        console=ConsoleSpec(mode=console.mode, tty=console.tty),
+        rescue=RescueSpec(shell=rescue.shell, empty_password=rescue.empty_password),
     )
 
 

@@ -302,3 +302,41 @@ def test_an_invalid_plan_does_not_boot(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "web requires 'db', which no module in the plan provides" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_reload_applies_a_mended_plan_and_refuses_a_broken_one(
+    tmp_path: Path, boot
+) -> None:
+    plan = write_plan(tmp_path / "plan", SIMPLE)
+    booted = boot(plan)
+    booted.wait_state("worker", "ready")
+    worker_pid = booted.module("worker")["pid"]
+    (plan / "web.toml").write_text('exec = "sleep 2000"\nrequires = ["nothing"]\n')
+    refused = booted.cli("reload")
+    assert refused.returncode == 1
+    assert (
+        "web requires 'nothing', which no module in the plan provides" in refused.stderr
+    )
+    assert "nothing was changed" in refused.stderr
+    preview = booted.request("validate")
+    assert preview["valid"] is False and len(preview["problems"]) == 1
+    (plan / "web.toml").write_text('exec = "sleep 2000"\n')
+    preview = booted.request("validate")
+    assert preview["changes"] == {"added": [], "removed": [], "changed": ["web"]}
+    applied = booted.cli("reload")
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.strip() == "reloaded: changed web"
+    record = booted.wait_for(
+        lambda s: (
+            any(
+                m["name"] == "web" and m["state"] == "ready" and m["restarts"] == 0
+                for m in s["modules"]
+            )
+            and all(m["state"] == "ready" for m in s["modules"])
+        ),
+        what="web back on its new manifest",
+    )
+    web = next(m for m in record["modules"] if m["name"] == "web")
+    with open(f"/proc/{web['pid']}/cmdline", "rb") as handle:
+        assert handle.read().split(b"\0")[:2] == [b"sleep", b"2000"]
+    assert booted.module("worker")["pid"] == worker_pid, "the worker was left alone"

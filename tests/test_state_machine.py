@@ -428,3 +428,60 @@ def test_a_long_chain_blocks_without_recursion(tmp_path: Path, count: int) -> No
         await run.finish()
 
     asyncio.run(main())
+
+
+def test_reload_adds_removes_and_restarts_what_changed(tmp_path: Path) -> None:
+    """Unchanged modules keep their process; changed ones get a new one."""
+    folder = tmp_path / "plan"
+
+    async def main() -> None:
+        processes = FakeProcesses({"broken": crashes(1)})
+        first = plan_of(
+            tmp_path,
+            {
+                "keep": "",
+                "change": "",
+                "gone": "",
+                "broken": 'restart = { policy = "never" }\n',
+            },
+        )
+        run = Run(first, processes)
+        await run.start()
+        await run.until(lambda: run.state("broken") == "failed")
+        await run.settle("change", "ready")
+        (folder / "change.toml").write_text('exec = "sleep 2000"\n')
+        (folder / "broken.toml").write_text('exec = "sleep 1000"\n')
+        processes.behaviours.pop("broken")
+        (folder / "gone.toml").unlink()
+        (folder / "new.toml").write_text('exec = "sleep 1000"\nrequires = ["keep"]\n')
+        changes = run.orchestrator.reload(compile_plan(folder))
+        assert changes == {
+            "added": ["new"],
+            "removed": ["gone"],
+            "changed": ["broken", "change"],
+        }
+        await run.until(
+            lambda: (
+                "gone" not in run.orchestrator.units
+                and run.state("new") == "ready"
+                and run.state("broken") == "ready"
+                and len(processes.of("change")) == 2
+                and run.state("change") == "ready"
+            )
+        )
+        assert len(processes.of("keep")) == 1
+        assert processes.of("change")[1].argv == ["sleep", "2000"]
+        assert processes.of("gone")[0].signals[0][1] == signal.SIGTERM
+        kinds = [e["type"] for e in run.events]
+        assert {"added", "removed", "reload"} <= set(kinds)
+        await run.finish()
+
+    asyncio.run(main())
+
+
+@scenario({"root": "critical = true\n" + FAST_RESTART}, {"root": crashes(1)})
+async def test_resume_leaves_rescue_for_degraded(run: Run) -> None:
+    await run.until(lambda: run.orchestrator.system == "rescue")
+    run.orchestrator.resume()
+    await run.until(lambda: run.orchestrator.system == "degraded")
+    assert run.orchestrator.rescue is None
