@@ -24,6 +24,7 @@ from partenza.errors import PartenzaError
 from partenza.orchestrator import Orchestrator
 from partenza.plan import Plan
 from partenza.process import signal_group
+from partenza.seat import Seat, find_terminal
 from partenza.units import plural
 
 log = logging.getLogger("partenza")
@@ -130,6 +131,8 @@ async def _run(
 ) -> int:
     orchestrator = Orchestrator(plan, state_dir=state_dir, source=source)
     orchestrator.bus.subscribe(console)
+    seat = Seat(orchestrator, console, socket, find_terminal(plan.console.tty))
+    seat.attach()
     server = ControlServer(orchestrator, socket)
     try:
         await server.start()

@@ -277,6 +277,13 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rescue(args: argparse.Namespace) -> int:
+    # prompt-toolkit is imported only here: the boot path never loads it.
+    from rescue.shell import run
+
+    return run(_socket(args), bluescreen=args.bluescreen)
+
+
 def cmd_top(args: argparse.Namespace) -> int:
     # Textual is imported only here: the boot path never loads it.
     from tui.app import run
@@ -366,6 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("shutdown", cmd_shutdown, "stop every module and the orchestrator")
     sub.add_argument("--no-wait", action="store_true", help="return without waiting")
     command("reload", cmd_reload, "compile the plan again and apply what changed")
+    sub = command(
+        "rescue", cmd_rescue, "the rescue shell: find out what failed, mend it"
+    )
+    sub.add_argument(
+        "--bluescreen",
+        metavar="MODULE",
+        help="first show the failure report of MODULE, as on the console",
+    )
     command("top", cmd_top, "watch and steer the live system in a full-screen view")
     sub = command("events", cmd_events, "follow the event stream")
     sub.add_argument("--json", action="store_true", help="one JSON object a line")

@@ -15,6 +15,7 @@ import queue
 import shutil
 import textwrap
 import threading
+from collections import deque
 from typing import Any, TextIO
 
 from partenza.units import format_duration
@@ -27,6 +28,8 @@ TAGS = {
     "info": (" INFO ", "36"),
     "wait": (" WAIT ", "36"),
 }
+HELD_LINES = 200
+"""Lines kept back while another program has the console."""
 STILL_STARTING = (5.0, 15.0)
 """Seconds until the first `still starting` line, then between later ones."""
 
@@ -84,7 +87,8 @@ class Console:
             self._writer.start()
         self._initializing: dict[str, asyncio.TimerHandle] = {}
         self.plan = "plan"
-        self.muted = False
+        self._held: deque[str] | None = None
+        self._dropped = 0
 
     def close(self) -> None:
         for timer in self._initializing.values():
@@ -93,10 +97,29 @@ class Console:
         if self._writer:
             self._writer.close()
 
+    def hold(self) -> None:
+        """Keep lines back while another program has the console."""
+        if self._held is None:
+            self._held = deque(maxlen=HELD_LINES)
+            self._dropped = 0
+
+    def release(self) -> None:
+        """The console is back: write what was held, oldest first."""
+        held, self._held = self._held, None
+        if not held:
+            return
+        dropped = f" (the {self._dropped} before them are in `partenza events`)"
+        count = len(held)
+        self.line(
+            "info",
+            f"partenza: {count} line{'s' if count != 1 else ''} while the console "
+            f"was away{dropped if self._dropped else ''}:",
+        )
+        for text in held:
+            self.write(text)
+
     def line(self, tag: str, text: str) -> None:
         """Write one tagged line, wrapped with a hanging indent on a terminal."""
-        if self.muted:
-            return
         label, code = TAGS[tag]
         prefix = f"[\x1b[{code}m{label}\x1b[0m] " if self.colour else f"[{label}] "
         if self.width and len(text) + 9 > self.width:
@@ -112,6 +135,11 @@ class Console:
         self.write(prefix + body + "\n")
 
     def write(self, text: str) -> None:
+        if self._held is not None:
+            if len(self._held) == self._held.maxlen:
+                self._dropped += 1
+            self._held.append(text)
+            return
         if self._writer:
             self._writer.lines.put(text)
         else:

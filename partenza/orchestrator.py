@@ -47,7 +47,7 @@ import shlex
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +184,8 @@ class Orchestrator:
         self.exit_code = EXIT_OK
         self.action = "exit"
         """What ends the run: `exit`, `poweroff` or `reboot`."""
+        self.finishing: list[Callable[[], Awaitable[None]]] = []
+        """Run once every module has stopped, before the last sweep."""
 
     # The lifecycle of the orchestrator itself.
 
@@ -202,6 +204,8 @@ class Orchestrator:
         if not self._pending_boot:
             self._boot_finished()
         await self._finished.wait()
+        for finish in self.finishing:
+            await finish()
         await self._final_sweep()
         for unit in self.units.values():
             unit.log.close()
@@ -966,6 +970,7 @@ class Orchestrator:
             "ready_at": unit.ready_at,
             "description": spec.description,
             "file": spec.file,
+            "path": str(Path(self.plan.dir) / Path(spec.file).name),
             "critical": spec.critical,
             "sidecar": spec.sidecar,
             "provides": list(spec.provides),

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -160,6 +161,53 @@ class ProcessManager:
                     fcntl.fcntl(stream.fileno(), F_SETPIPE_SZ, PIPE_SIZE)
                 except OSError:
                     pass
+        return child
+
+    def spawn_on_terminal(
+        self,
+        argv: Sequence[str],
+        *,
+        env: dict[str, str],
+        terminal: int,
+        path: str,
+        own_terminal: bool,
+    ) -> Child:
+        """Start `argv` with a terminal as its stdin, stdout and stderr.
+
+        Args:
+            terminal: An open file descriptor of the terminal.
+            path: The terminal's path, for a child that must open it itself.
+            own_terminal: The terminal is this process's controlling terminal:
+                the child joins its session in a process group of its own, for
+                the caller to make the foreground group. Otherwise the child
+                starts a session of its own that takes the terminal as its
+                controlling terminal (`partenza.ttyexec`).
+
+        Raises:
+            OSError: the program could not be executed.
+        """
+        if own_terminal:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=terminal,
+                stdout=terminal,
+                stderr=terminal,
+                env=env,
+                process_group=0,
+                close_fds=True,
+            )
+        else:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "partenza.ttyexec", path, "--", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        child = Child(popen, None)
+        self._children[child.pid] = child
         return child
 
     def reap(self) -> None:

@@ -57,6 +57,7 @@ def test_a_peer_of_another_uid_is_refused(tmp_path: Path, boot) -> None:
         )
         booted.socket.chmod(0o666)
         _probe_as_nobody(booted)
+        booted.shutdown()
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
 
@@ -80,7 +81,10 @@ def _probe_as_nobody(booted) -> None:
         timeout=10,
     )
     assert result.stdout.strip() == "b''", result.stderr
-    assert "control socket: refused pid" in booted.output
+    deadline = time.monotonic() + 5
+    while "control socket: refused pid" not in booted.output:
+        assert time.monotonic() < deadline, booted.output
+        time.sleep(0.05)
 
 
 def test_bad_requests_get_clear_errors_and_the_server_keeps_serving(
