@@ -50,15 +50,24 @@ class _Writer(threading.Thread):
     def __init__(self, stream: TextIO) -> None:
         super().__init__(name="console", daemon=True)
         self.stream = stream
-        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.lines: queue.Queue[str | threading.Event | None] = queue.Queue()
 
     def run(self) -> None:
         while (line := self.lines.get()) is not None:
+            if isinstance(line, threading.Event):
+                line.set()
+                continue
             try:
                 self.stream.write(line)
                 self.stream.flush()
             except (OSError, ValueError):
                 pass
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until every line queued so far is written."""
+        written = threading.Event()
+        self.lines.put(written)
+        return written.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         self.lines.put(None)
@@ -96,6 +105,12 @@ class Console:
         self._initializing.clear()
         if self._writer:
             self._writer.close()
+
+    def drain(self, timeout: float = 2.0) -> None:
+        """Wait (at most `timeout` seconds) until every line so far is written,
+        before another program is given the terminal."""
+        if self._writer:
+            self._writer.drain(timeout)
 
     def hold(self) -> None:
         """Keep lines back while another program has the console."""

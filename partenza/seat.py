@@ -170,6 +170,7 @@ class Seat:
                 HOLDER_STOP_TIMEOUT, self._force_out, self.holder
             )
             return
+        self.console.drain()
         self.console.hold()
         env = dict(os.environ)
         env.setdefault("TERM", "linux")
@@ -193,6 +194,10 @@ class Seat:
             return
         if terminal.own:
             self._foreground(child.pid)
+            # Had it read the terminal before it was given it, SIGTTIN stopped
+            # it; as a shell's `fg` does, continue it now that it may read.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGCONT)
         self.holder, self.holding = child, kind
         log.info("console given to %s (pid %d)", kind, child.pid)
         child.exited.add_done_callback(lambda _: self._returned(child))
