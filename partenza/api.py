@@ -7,8 +7,8 @@ carries the same `v` and `id` and either `"ok": true, "result": {...}` or
 `event` or `log` on the same connection until the client hangs up. The
 protocol is written down for other tools in `docs/protocol.md`.
 
-The socket is created mode 0600 in a 0700 folder, and a connecting peer's
-uid (SO_PEERCRED) must be root's or the orchestrator's own.
+The socket is created mode 0600 in a folder of mode 0711, and a connecting
+peer's uid (SO_PEERCRED) must be root's or the orchestrator's own.
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ class ControlServer:
         """
         folder = self.path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Traversable but not listable: modules that run as other users
+            # reach the contract socket in it; the control socket is 0600.
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o711)
         except OSError as exc:
             raise PartenzaError(
                 f"cannot create {folder}: {exc.strerror}",
@@ -404,11 +407,18 @@ class ControlServer:
             plan = await self._compile()
         except PlanError as exc:
             return {"valid": False, "problems": [str(p) for p in exc.problems]}
+        checks = await self.orchestrator.run_checks()
+        problems = [
+            f"{name}: {check['how']}"
+            for name, check in checks.items()
+            if not check["ok"]
+        ]
         return {
-            "valid": True,
-            "problems": [],
+            "valid": not problems,
+            "problems": problems,
             "notes": [str(note) for note in plan.notes],
             "changes": diff_plans(self.orchestrator.plan, plan),
+            "checks": checks,
         }
 
     async def _reload(self, params: Params, conn: _Connection, rid: Any) -> Any:

@@ -129,7 +129,9 @@ def _announce(
 async def _run(
     plan: Plan, source: str, console: Console, state_dir: Path, socket: Path
 ) -> int:
-    orchestrator = Orchestrator(plan, state_dir=state_dir, source=source)
+    orchestrator = Orchestrator(
+        plan, state_dir=state_dir, source=source, runtime_dir=socket.parent
+    )
     orchestrator.bus.subscribe(console)
     seat = Seat(orchestrator, console, socket, find_terminal(plan.console.tty))
     seat.attach()

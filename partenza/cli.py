@@ -103,12 +103,85 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for note in plan.notes:
         print(f"note: {note}")
+    unmet = _unmet_requirements(plan)
+    for spec, reason in unmet:
+        field = "root" if reason.startswith("needs root") else "requirements"
+        sys.stderr.write(f"{spec.file}: {field}: {spec.name} {reason}\n")
+    failed = _run_checks(plan)
+    if unmet or failed:
+        problems = len(unmet) + failed
+        return _fail(
+            f"{args.plan}: {plural(problems, 'problem')}",
+            "fix them and run `partenza validate` again",
+        )
     count = len(plan.modules)
     print(
         f"{args.plan}: plan {plan.name} is valid: {plural(count, 'module')}, "
         f"{len(plan.active)} to start in {plural(len(plan.waves), 'wave')}"
     )
     return EXIT_OK
+
+
+def _unmet_requirements(plan: Any) -> list[tuple[Any, str]]:
+    """The modules this machine cannot run as their manifests ask, and why."""
+    from partenza.plan import unmet_requirements
+
+    netns: str | None = None
+    if any(spec.network != "host" for spec in plan.modules.values()):
+        from partenza.netns import probe
+
+        netns = probe()
+    found = []
+    for spec in plan.modules.values():
+        reason = unmet_requirements(spec, euid=os.geteuid(), netns=netns)
+        if reason:
+            found.append((spec, reason))
+    return found
+
+
+def _run_checks(plan: Any) -> int:
+    """Run every module's configuration check; how many failed."""
+    import shlex
+    import subprocess
+
+    from partenza.units import format_duration
+
+    failed = 0
+    for spec in plan.modules.values():
+        if not spec.check:
+            continue
+        command = shlex.join(spec.check)
+        env = dict(os.environ)
+        env.update(spec.env)
+        try:
+            result = subprocess.run(
+                spec.check,
+                env=env,
+                cwd=spec.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=spec.check_timeout,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired as exc:
+            output, how = (
+                exc.output or b"",
+                (f"killed after {format_duration(spec.check_timeout)}"),
+            )
+        except OSError as exc:
+            output, how = b"", f"cannot run: {exc.strerror}"
+        else:
+            output = result.stdout
+            how = "passed" if result.returncode == 0 else f"exited {result.returncode}"
+        if how == "passed":
+            print(f"{spec.name}: check `{command}` passed")
+            continue
+        failed += 1
+        sys.stderr.write(f"{spec.file}: check: {spec.name}: `{command}` {how}\n")
+        for line in output.decode("utf-8", "backslashreplace").splitlines()[-20:]:
+            sys.stderr.write(f"    | {line}\n")
+    return failed
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -188,6 +188,8 @@ class Console:
             timer.cancel()
         if new == "initializing":
             self._watch_start(name, reason, STILL_STARTING[0])
+        elif new == "ready" and event["old"] in ("degraded", "ready"):
+            self.line("ok", f"{name}: {reason}")
         elif new == "ready":
             took = event.get("ready_in")
             pid = event.get("pid")
@@ -201,6 +203,11 @@ class Console:
                 self.line("ok", f"{name}: ready{when} (pid {pid})")
         elif new == "restarting":
             self.line("warn", f"{name}: {reason}")
+        elif new == "hung":
+            self.line("failed", f"{name}: hung, {reason}")
+        elif new == "degraded":
+            self.line("warn", f"{name}: degraded, {reason}")
+
         elif new == "failed":
             blocks = event.get("blocks") or []
             suffix = f"; blocked: {', '.join(blocks)}" if blocks else ""

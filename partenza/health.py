@@ -1,10 +1,13 @@
-"""Readiness checks: when a started module counts as ready.
+"""Readiness checks, health probes and configuration checks.
 
-A check is made before the module's process is spawned and armed at once, so
-a log line or a file that appears in the first millisecond is not missed.
-`wait()` returns a short description of what succeeded (`tcp 127.0.0.1:8080
-answered`); the caller bounds it with the check's timeout and, when that runs
-out, reports `last_error` as the cause.
+A readiness check is made before the module's process is spawned and armed at
+once, so a log line, a file or a notify datagram that appears in the first
+millisecond is not missed. `wait()` returns a short description of what
+succeeded (`tcp 127.0.0.1:8080 answered`); the caller bounds it with the
+check's timeout and, when that runs out, reports `last_error` as the cause.
+
+A health probe (`probe`) runs once a module is ready, one at a time, each
+bounded by its timeout: a command still running then is killed.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+import socket
+import urllib.parse
+from collections.abc import Callable, Sequence
 
-from partenza.logs import ModuleLog
-from partenza.plan import ReadySpec
+from partenza.logs import ModuleLog, PipeReader
+from partenza.plan import HealthSpec, ReadySpec
 from partenza.process import Child, signal_group
+from partenza.units import format_duration
 
 Spawn = Callable[..., Child]
 
@@ -41,12 +47,19 @@ class ReadyCheck:
         self.last_error = "no answer yet"
         self._matched: asyncio.Future[str] | None = None
         self._probe: Child | None = None
+        self.said: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        """Resolved by the orchestrator when the module says it is ready, over
+        the contract (`handshake`) or with `READY=1` (`notify`)."""
 
     def arm(self) -> None:
         """Start listening where a check listens (the module's output)."""
         if self.spec.kind == "log":
             self._matched = self.log.matcher(self.spec.pattern, self.spec.stream)
             self.last_error = "no matching line yet"
+        elif self.spec.kind == "handshake":
+            self.last_error = "no hello and ready on the contract socket yet"
+        elif self.spec.kind == "notify":
+            self.last_error = "no READY=1 on NOTIFY_SOCKET yet"
 
     async def wait(self) -> str:
         """Return once the module is ready, with what showed it."""
@@ -57,6 +70,8 @@ class ReadyCheck:
             assert self._matched is not None
             line = await self._matched
             return f"log line matched: {line[:60]}"
+        if kind in ("handshake", "notify"):
+            return await self.said
         if kind == "tcp":
             return await self._poll(self._tcp)
         if kind == "exec":
@@ -100,7 +115,7 @@ class ReadyCheck:
             return None
         self._probe = probe
         try:
-            status = await probe.exited
+            status = await probe.wait()
         finally:
             if probe.running:
                 signal_group(probe.pgid, signal.SIGKILL)
@@ -114,6 +129,8 @@ class ReadyCheck:
         """Stop listening and kill a check command that is still running."""
         if self._matched is not None and not self._matched.done():
             self._matched.cancel()
+        if not self.said.done():
+            self.said.cancel()
         if self._probe is not None and self._probe.running:
             signal_group(self._probe.pgid, signal.SIGKILL)
 
@@ -126,3 +143,131 @@ def _socket_error(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     return str(exc) or type(exc).__name__
+
+
+async def probe(
+    spec: HealthSpec, spawn: Spawn, env: dict[str, str], cwd: str
+) -> str | None:
+    """Run one health probe: None when it passed, else what went wrong."""
+    try:
+        async with asyncio.timeout(spec.timeout):
+            if spec.kind == "exec":
+                return await _probe_exec(spec, spawn, env, cwd)
+            if spec.kind == "tcp":
+                with await _connect(spec.host, spec.port):
+                    return None
+            return await _probe_http(spec)
+    except TimeoutError:
+        return f"no answer within {format_duration(spec.timeout)}"
+    except OSError as exc:
+        return _socket_error(exc)
+
+
+async def _probe_exec(
+    spec: HealthSpec, spawn: Spawn, env: dict[str, str], cwd: str
+) -> str | None:
+    try:
+        child = spawn(spec.command, env=env, cwd=cwd, capture=False)
+    except OSError as exc:
+        return f"cannot run {spec.command[0]}: {exc.strerror}"
+    try:
+        status = await child.wait()
+    finally:
+        if child.running:
+            signal_group(child.pgid, signal.SIGKILL)
+    return None if status.success else f"{spec.command[0]} {status.describe()}"
+
+
+async def _probe_http(spec: HealthSpec) -> str | None:
+    parts = urllib.parse.urlsplit(spec.url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    loop = asyncio.get_running_loop()
+    request = (
+        f"GET {path} HTTP/1.0\r\nHost: {parts.netloc}\r\n"
+        "User-Agent: partenza\r\nConnection: close\r\n\r\n"
+    ).encode()
+    # A plain socket, closed before this returns: a probe leaves nothing open.
+    with await _connect(host, port) as sock:
+        await loop.sock_sendall(sock, request)
+        answer = b""
+        while b"\n" not in answer and len(answer) < 1024:
+            chunk = await loop.sock_recv(sock, 1024)
+            if not chunk:
+                break
+            answer += chunk
+    line = answer.split(b"\n", 1)[0]
+    words = line.decode("latin-1").split()
+    if len(words) < 2 or not words[0].startswith("HTTP/") or not words[1].isdigit():
+        return f"not an HTTP answer: {line[:40]!r}"
+    status = int(words[1])
+    return None if spec.passes(status) else f"HTTP {status}"
+
+
+async def _connect(host: str, port: int) -> socket.socket:
+    """A connected non-blocking socket; the caller closes it."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Collector:
+    """Keeps a command's output lines, for a configuration check."""
+
+    def __init__(self, name: str, limit: int = 200) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.limit = limit
+        self._partial: dict[str, bytes] = {}
+
+    def feed(self, stream: str, data: bytes) -> None:
+        pieces = (self._partial.get(stream, b"") + data).split(b"\n")
+        self._partial[stream] = pieces.pop()
+        for piece in pieces:
+            self._keep(piece)
+
+    def end(self, stream: str) -> None:
+        rest = self._partial.pop(stream, b"")
+        if rest:
+            self._keep(rest)
+
+    def _keep(self, raw: bytes) -> None:
+        if len(self.lines) < self.limit:
+            self.lines.append(raw.decode("utf-8", "backslashreplace").rstrip("\r"))
+
+
+async def run_check(
+    spawn: Spawn, command: Sequence[str], env: dict[str, str], cwd: str, timeout: float
+) -> tuple[bool, str, list[str]]:
+    """Run a configuration check: passed, how it ended, and its output."""
+    try:
+        child = spawn(command, env=env, cwd=cwd, capture=True)
+    except OSError as exc:
+        return False, f"cannot run {command[0]}: {exc.strerror}", []
+    collector = _Collector(command[0])
+    assert child.popen.stdout is not None and child.popen.stderr is not None
+    readers = [
+        PipeReader(child.popen.stdout, collector, "out"),  # type: ignore[arg-type]
+        PipeReader(child.popen.stderr, collector, "err"),  # type: ignore[arg-type]
+    ]
+    try:
+        status = await asyncio.wait_for(child.wait(), timeout)
+        ended = status.describe()
+        passed = status.success
+    except TimeoutError:
+        signal_group(child.pgid, signal.SIGKILL)
+        await child.wait()
+        ended, passed = f"killed after {format_duration(timeout)}", False
+    await asyncio.wait([reader.closed for reader in readers], timeout=1.0)
+    for reader in readers:
+        reader.close()
+    return passed, ended, collector.lines

@@ -17,6 +17,7 @@ import shlex
 import signal
 import tomllib
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -207,11 +208,122 @@ class ReadyLog(_ReadyBase):
         return value
 
 
-READY_KINDS = ("started", "tcp", "exec", "file", "log")
+class ReadyHandshake(_ReadyBase):
+    """Ready when the module says so over the contract socket."""
+
+    kind: Literal["handshake"]
+    """`handshake`: the module is ready once it has said hello on
+    `PARTENZA_SOCKET`, been welcomed, and sent `ready` (see docs/contract.md)."""
+
+
+class ReadyNotify(_ReadyBase):
+    """Ready when the module sends `READY=1`, as systemd's notify protocol has it."""
+
+    kind: Literal["notify"]
+    """`notify`: the module is ready once it sends `READY=1` to `NOTIFY_SOCKET`;
+    programs written for systemd's `Type=notify` work unchanged."""
+
+
+READY_KINDS = ("started", "tcp", "exec", "file", "log", "handshake", "notify")
 
 ReadyCheck = Annotated[
-    ReadyStarted | ReadyTcp | ReadyExec | ReadyFile | ReadyLog,
+    ReadyStarted
+    | ReadyTcp
+    | ReadyExec
+    | ReadyFile
+    | ReadyLog
+    | ReadyHandshake
+    | ReadyNotify,
     Field(discriminator="kind"),
+]
+
+
+class Heartbeat(_Strict):
+    """Signs of life a module promises once it is ready."""
+
+    interval: Annotated[Duration, Field(gt=0)]
+    """The longest time between two signs of life; one more moment without one
+    and the module is `hung`, and restarted under its restart policy."""
+    via: Literal["contract", "watchdog"] = "contract"
+    """`contract`: `heartbeat` messages on the contract socket; `watchdog`:
+    `WATCHDOG=1` on `NOTIFY_SOCKET`, with `WATCHDOG_USEC` set to the interval,
+    as systemd's watchdog has it."""
+
+
+class _HealthBase(_Strict):
+    interval: Annotated[Duration, Field(gt=0)] = 10.0
+    """Time between the end of one probe and the start of the next."""
+    timeout: Annotated[Duration, Field(gt=0)] = 2.0
+    """A probe that takes longer has failed; a command still running is killed."""
+    threshold: int = Field(default=3, ge=1)
+    """Failed probes in a row that make the module `degraded`."""
+    restart_after: int = Field(default=3, ge=0)
+    """Further failed probes in a row, once degraded, after which the module is
+    restarted under its restart policy; 0 never restarts it for its health."""
+    start_period: Duration = 0.0
+    """Failures this soon after the module became ready do not count."""
+
+
+class HealthExec(_HealthBase):
+    """Healthy while a command exits 0."""
+
+    kind: Literal["exec"]
+    """`exec`: a command run with the module's environment and working
+    directory; exit 0 passes."""
+    command: Argv
+    """The probe, as an argv list or a string split like a shell would."""
+
+
+class HealthTcp(_HealthBase):
+    """Healthy while a TCP port accepts connections."""
+
+    kind: Literal["tcp"]
+    """`tcp`: a connection to host:port is accepted."""
+    port: int = Field(ge=1, le=65535)
+    """The TCP port, 1 to 65535."""
+    host: str = "127.0.0.1"
+    """The address to connect to."""
+
+
+class HealthHttp(_HealthBase):
+    """Healthy while an HTTP GET answers with a status in range."""
+
+    kind: Literal["http"]
+    """`http`: a GET of `url` answers with a status in `status`."""
+    url: str
+    """An `http://` URL, like `http://127.0.0.1:8080/health`."""
+    status: str = "200-399"
+    """The passing status codes: one (`204`) or a range (`200-299`)."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^http://[^/\s:]+(:\d{1,5})?(/\S*)?$", value):
+            raise PydanticCustomError(
+                "url",
+                "expected an http:// URL like http://127.0.0.1:8080/health, "
+                "got {value}",
+                {"value": repr(value)},
+            )
+        return value
+
+    @field_validator("status")
+    @classmethod
+    def _status_range(cls, value: str) -> str:
+        match = re.match(r"^([1-5]\d\d)(?:-([1-5]\d\d))?$", value)
+        if not match or (match.group(2) and match.group(2) < match.group(1)):
+            raise PydanticCustomError(
+                "status",
+                "expected a status code or range like 200 or 200-399, got {value}",
+                {"value": repr(value)},
+            )
+        return value
+
+
+HEALTH_KINDS = ("exec", "tcp", "http")
+
+HealthCheck = Annotated[
+    HealthExec | HealthTcp | HealthHttp, Field(discriminator="kind")
 ]
 
 
@@ -311,6 +423,26 @@ class Manifest(_Strict):
     ties go to the name first in alphabetical order."""
     ready: ReadyCheck = ReadyStarted(kind="started")
     """When the module counts as ready. Without this table: once started."""
+    heartbeat: Heartbeat | None = None
+    """Signs of life the module promises once ready; none when left out."""
+    health: HealthCheck | None = None
+    """A probe run again and again once the module is ready; none when left
+    out."""
+    requires_healthy: list[Name] = []
+    """Hard dependencies that must also pass their health probe, not only be
+    ready, before this module starts; each counts as in `requires` too."""
+    check: Argv | None = None
+    """A command that checks the module's configuration without starting it,
+    as `nginx -t` does; `partenza validate` runs it."""
+    check_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    """How long the check may take before it is killed and counts as failed."""
+    network: Literal["host", "loopback", "none"] = "host"
+    """The network the module needs: `host` (the host's own), `loopback` (a
+    network namespace of its own with only a loopback interface) or `none` (a
+    network namespace of its own with no interface up)."""
+    root: bool = False
+    """The module needs to run as root; an orchestrator that is not root shows
+    it blocked, and `partenza validate` refuses it."""
     restart: Restart = Restart()
     """The restart policy, its backoff and its start limit."""
     stop: Stop = Stop()
@@ -340,7 +472,9 @@ class Manifest(_Strict):
             )
         return value
 
-    @field_validator("provides", "requires", "wants", "after", "sidecars")
+    @field_validator(
+        "provides", "requires", "wants", "after", "sidecars", "requires_healthy"
+    )
     @classmethod
     def _no_repeats(cls, value: list[str]) -> list[str]:
         seen: set[str] = set()
@@ -374,6 +508,17 @@ class Manifest(_Strict):
             )
         if self.sidecar and self.sidecars:
             raise _field_error("sidecars", "a sidecar cannot have sidecars of its own")
+        if self.root and self.user not in (None, "root"):
+            raise _field_error(
+                "root", f"needs root but runs as {self.user!r}; drop one of them"
+            )
+        watchdog = self.heartbeat is not None and self.heartbeat.via == "watchdog"
+        if watchdog and self.ready.kind == "handshake":
+            raise _field_error(
+                "heartbeat.via",
+                "watchdog heartbeats come over NOTIFY_SOCKET; with handshake "
+                'readiness use via = "contract"',
+            )
         return self
 
     @property
@@ -473,18 +618,23 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
 def _inner_model(
     annotation: Any, loc: tuple[Any, ...], part: str
 ) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    args = typing.get_args(annotation)
+    models = list(_models_in(annotation))
     index = loc.index(part)
     tag = loc[index + 1] if index + 1 < len(loc) else None
-    for arg in args:
-        for candidate in typing.get_args(arg) or (arg,):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                kind = candidate.model_fields.get("kind")
-                if kind is None or typing.get_args(kind.annotation) == (tag,):
-                    return candidate
+    for candidate in models:
+        kind = candidate.model_fields.get("kind")
+        if kind is None or typing.get_args(kind.annotation) == (tag,):
+            return candidate
     return None
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The models an annotation names, through unions, Optional and Annotated."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+        return
+    for arg in typing.get_args(annotation):
+        yield from _models_in(arg)
 
 
 def _field_path(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
@@ -499,7 +649,7 @@ def _field_path(loc: tuple[Any, ...], model: type[BaseModel]) -> str:
             current is not None
             and part not in current.model_fields
             and parts
-            and part in READY_KINDS
+            and part in READY_KINDS + HEALTH_KINDS
         ):
             continue
         parts.append(str(part))
@@ -549,7 +699,8 @@ def _describe_error(error: Any, model: type[BaseModel]) -> str:
             f"{', '.join(choices)}"
         )
     if kind == "union_tag_not_found":
-        return "needs a `kind`: started, tcp, exec, file or log"
+        kinds = HEALTH_KINDS if loc and loc[0] == "health" else READY_KINDS
+        return f"needs a `kind`: {', '.join(kinds)}"
     if kind == "string_pattern_mismatch":
         return f"expected a name of {NAME_FORM}, got {_toml_value(value)}"
     bounds = {

@@ -157,6 +157,8 @@ _SECTIONS: list[tuple[str, str, type[BaseModel], str]] = [
         "Only `exec` is required.",
     ),
     ("###", "`ready`", mf._ReadyBase, ""),
+    ("###", "`heartbeat`", mf.Heartbeat, "The `[heartbeat]` table."),
+    ("###", "`health`", mf._HealthBase, ""),
     ("###", "`restart`", mf.Restart, "The `[restart]` table."),
     ("###", "`stop`", mf.Stop, "The `[stop]` table."),
     ("##", "Plan settings: `plan.toml`", mf.PlanSettings, "Every key is optional."),
@@ -170,6 +172,10 @@ _READY_KINDS: list[type[BaseModel]] = list(
     typing.get_args(typing.get_args(mf.ReadyCheck)[0])
 )
 """The models of the tagged union `ReadyCheck`, one per `kind`."""
+_HEALTH_KINDS: list[type[BaseModel]] = list(
+    typing.get_args(typing.get_args(mf.HealthCheck)[0])
+)
+"""The models of the tagged union `HealthCheck`, one per `kind`."""
 
 _VALIDATED_FORMS = {
     mf._duration: "duration",
@@ -183,6 +189,9 @@ _PLAIN_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean"}
 _TABLE_LINKS = {
     mf.Restart: "[restart](#restart)",
     mf.Stop: "[stop](#stop)",
+    mf.Heartbeat: "[heartbeat](#heartbeat)",
+    mf.ReadyStarted: "[ready](#ready)",
+    mf.HealthExec: "[health](#health)",
     mf.LogSettings: "[logs](#logs)",
     mf.ConsoleSettings: "[console](#console)",
     mf.RescueSettings: "[rescue](#rescue)",
@@ -199,7 +208,25 @@ def reference() -> str:
     for level, heading, model, extra in _SECTIONS:
         parts += ["", f"{level} {heading}", ""]
         if model is mf._ReadyBase:
-            parts += _ready_section(level)
+            parts += _union_section(
+                level,
+                mf._ReadyBase,
+                _READY_KINDS,
+                "The `[ready]` table: when a module counts as ready, and how long "
+                "that may take. Its `kind` is one of {kinds}; without the table a "
+                "module is ready once started. Every kind takes these fields:",
+            )
+            continue
+        if model is mf._HealthBase:
+            parts += _union_section(
+                level,
+                mf._HealthBase,
+                _HEALTH_KINDS,
+                "The `[health]` table: a probe run again and again once the module "
+                "is ready, one at a time. Its `kind` is one of {kinds}. Failed "
+                "probes in a row make the module `degraded`, then restart it; a "
+                "passing one makes it `ready` again. Every kind takes these fields:",
+            )
             continue
         parts.append(_text(model.__doc__ or "") + (f" {extra}" if extra else ""))
         parts += ["", *_table(model, model.model_fields)]
@@ -211,17 +238,13 @@ def document() -> str:
     return INTRODUCTION + "\n" + reference()
 
 
-def _ready_section(level: str) -> list[str]:
-    common = mf._ReadyBase.model_fields
-    kinds = ", ".join(f"`{_kind(model)}`" for model in _READY_KINDS)
-    lines = [
-        "The `[ready]` table: when a module counts as ready, and how long that "
-        f"may take. Its `kind` is one of {kinds}; without the table a module "
-        "is ready once started. Every kind takes these fields:",
-        "",
-        *_table(mf._ReadyBase, common),
-    ]
-    for model in _READY_KINDS:
+def _union_section(
+    level: str, base: type[BaseModel], members: list[type[BaseModel]], intro: str
+) -> list[str]:
+    common = base.model_fields
+    kinds = ", ".join(f"`{_kind(model)}`" for model in members)
+    lines = [intro.format(kinds=kinds), "", *_table(base, common)]
+    for model in members:
         own = {n: f for n, f in model.model_fields.items() if n not in common}
         lines += ["", f'{level}# `kind = "{_kind(model)}"`', ""]
         lines += [_text(model.__doc__ or ""), "", *_table(model, own)]
@@ -272,7 +295,8 @@ def _type_text(annotation: Any, metadata: list[Any]) -> str:
     if origin in (typing.Union, types.UnionType):
         members = [arg for arg in args if arg is not type(None)]
         if all(_is_model(arg) for arg in members):
-            return "table ([ready](#ready))"
+            first = members[0]
+            return f"table ({_TABLE_LINKS.get(first, first.__name__)})"
         return " or ".join(_type_text(arg, []) for arg in members)
     if origin is list:
         return f"array of {_plural(_type_text(args[0], []))}"

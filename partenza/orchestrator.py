@@ -45,16 +45,25 @@ import os
 import secrets
 import shlex
 import signal
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from partenza.contract import (
+    ContractServer,
+    NotifySocket,
+    Session,
+    api_fits,
+    api_version,
+    notify_path,
+)
 from partenza.events import EventBus
-from partenza.health import ReadyCheck
+from partenza.health import ReadyCheck, probe
 from partenza.logs import ModuleLog, PipeReader
-from partenza.plan import Edge, ModuleSpec, Plan
+from partenza.plan import Edge, ModuleSpec, Plan, unmet_requirements
 from partenza.process import Child, ExitStatus, ProcessManager
 from partenza.units import format_duration
 
@@ -63,19 +72,34 @@ log = logging.getLogger(__name__)
 INACTIVE = "inactive"
 INITIALIZING = "initializing"
 READY = "ready"
+DEGRADED = "degraded"
+HUNG = "hung"
 RESTARTING = "restarting"
 STOPPING = "stopping"
 STOPPED = "stopped"
 FAILED = "failed"
 BLOCKED = "blocked"
-STATES = (INACTIVE, INITIALIZING, READY, RESTARTING, STOPPING, STOPPED, FAILED, BLOCKED)
+STATES = (
+    INACTIVE,
+    INITIALIZING,
+    READY,
+    DEGRADED,
+    HUNG,
+    RESTARTING,
+    STOPPING,
+    STOPPED,
+    FAILED,
+    BLOCKED,
+)
 
-UP = frozenset({READY})
+UP = frozenset({READY, DEGRADED})
 """States that meet a hard dependency."""
-SETTLED = frozenset({READY, FAILED, BLOCKED, STOPPED})
+SETTLED = frozenset({READY, DEGRADED, FAILED, BLOCKED, STOPPED})
 """States a boot waits for: nothing more will happen without a cause."""
-LIVE = frozenset({INITIALIZING, READY, STOPPING})
+LIVE = frozenset({INITIALIZING, READY, DEGRADED, HUNG, STOPPING})
 """States in which the unit has a process."""
+TROUBLE = frozenset({DEGRADED, HUNG, FAILED, BLOCKED})
+"""States that make the system degraded."""
 
 EXIT_OK = 0
 EXIT_MODULE_FAILED = 1
@@ -120,6 +144,22 @@ class Unit:
         self.next_spec: ModuleSpec | None = None
         """A changed manifest, applied once the running process has stopped."""
         self.removing = False
+        self.check: ReadyCheck | None = None
+        self.session: Session | None = None
+        self.notify: NotifySocket | None = None
+        self.status_text: str | None = None
+        self.health = "unknown"
+        """`unknown`, `passing` or `failing`: what the health probe says."""
+        self.health_detail = ""
+        self.health_task: asyncio.Task[None] | None = None
+        self.heartbeat_timer: asyncio.TimerHandle | None = None
+        self.last_heartbeat: float | None = None
+        self.hung = False
+        self.unhealthy = False
+        self.unmet: str | None = None
+        """Why this orchestrator cannot run the module as its manifest asks."""
+        self.main_pid: int | None = None
+        """A main process the module named with MAINPID=, when not its own."""
 
     @property
     def pid(self) -> int | None:
@@ -142,8 +182,14 @@ class Orchestrator:
         processes: ProcessManager | None = None,
         extra_env: dict[str, str] | None = None,
         source: str | None = None,
+        runtime_dir: Path | None = None,
     ) -> None:
         self.plan = plan
+        self.runtime_dir = runtime_dir
+        self.contract: ContractServer | None = None
+        self._netns_checked = False
+        self._netns_problem: str | None = None
+        """Why network namespaces cannot be made here, once checked."""
         self.source = source or plan.dir
         """The plan folder as it was given, which a reload compiles again."""
         self.state_dir = state_dir
@@ -158,6 +204,8 @@ class Orchestrator:
             )
             for name, spec in plan.modules.items()
         }
+        for unit in self.units.values():
+            unit.unmet = self._unmet(unit.spec)
         self._edges_from: dict[str, list[Edge]] = {name: [] for name in self.units}
         for edge in plan.edges:
             self._edges_from[edge.src].append(edge)
@@ -192,6 +240,10 @@ class Orchestrator:
     async def run(self) -> int:
         """Boot the plan and supervise it until a shutdown has finished."""
         self.processes.install()
+        if self.runtime_dir is not None:
+            self.contract = ContractServer(self, self.runtime_dir / "contract.sock")
+            await self.contract.start()
+            self.finishing.append(self.contract.close)
         self.bus.publish(
             "system",
             old=None,
@@ -337,6 +389,7 @@ class Orchestrator:
                 ModuleLog(name, plan.logs, log_dir),
                 standby=name in standby,
             )
+            unit.unmet = self._unmet(unit.spec)
             self.units[name] = unit
             self._counts[unit.state] += 1
             self.bus.publish("added", module=name, record=self.record(unit))
@@ -363,6 +416,7 @@ class Orchestrator:
         return changes
 
     def _respec(self, unit: Unit, spec: ModuleSpec) -> None:
+        unit.unmet = self._unmet(spec)
         unit.starts.clear()
         unit.completed = False
         if unit.child is not None:
@@ -377,6 +431,36 @@ class Orchestrator:
         if unit.state in (FAILED, RESTARTING):
             unit.failure = None
             self._set(unit, INACTIVE, "manifest changed")
+
+    async def run_checks(self) -> dict[str, dict[str, Any]]:
+        """Check every module's configuration: its `check` command, and the
+        answer of a module that validates over the contract."""
+        from partenza.health import run_check
+
+        async def one(unit: Unit) -> tuple[str, dict[str, Any]]:
+            spec = unit.spec
+            if spec.check:
+                passed, how, output = await run_check(
+                    self.processes.spawn,
+                    spec.check,
+                    self._environment(unit),
+                    spec.workdir,
+                    spec.check_timeout,
+                )
+                return unit.name, {"ok": passed, "how": how, "output": output}
+            assert unit.session is not None
+            answer = await unit.session.validate(spec.check_timeout)
+            problems = [str(p) for p in answer.get("problems") or []]
+            ok = bool(answer.get("ok")) and not problems
+            how = "the module says it is sound" if ok else "the module found problems"
+            return unit.name, {"ok": ok, "how": how, "output": problems}
+
+        chosen = [
+            unit
+            for unit in self.units.values()
+            if unit.spec.check or (unit.session is not None and unit.session.validates)
+        ]
+        return dict(await asyncio.gather(*(one(unit) for unit in chosen)))
 
     def resume(self) -> None:
         """Leave rescue and go on with the boot, degraded if it must be."""
@@ -456,6 +540,10 @@ class Orchestrator:
             return
         if unit.state not in (INACTIVE, STOPPED, BLOCKED, RESTARTING):
             return
+        if unit.unmet is not None:
+            unit.blocked_by = None
+            self._set(unit, BLOCKED, unit.unmet)
+            return
         verdict, reason, blocker = self._dependencies(unit)
         if verdict == "blocked":
             unit.blocked_by = blocker
@@ -493,7 +581,17 @@ class Orchestrator:
                     return "blocked", f"requires {edge.via}: no provider left", None
                 continue
             if edge.hard:
-                if target.state in UP or (target.state == STOPPED and target.completed):
+                healthy = (
+                    not edge.healthy
+                    or target.spec.health is None
+                    or target.health == "passing"
+                )
+                if target.state in UP and healthy:
+                    continue
+                if target.state == STOPPED and target.completed:
+                    continue
+                if target.state in UP:
+                    waiting.append(f"{target.name} to be healthy")
                     continue
                 if target.state == FAILED:
                     return (
@@ -533,7 +631,18 @@ class Orchestrator:
         unit.starts.append(time.monotonic())
         unit.generation += 1
         unit.token = secrets.token_hex(16)
-        unit.stopping = unit.killed = False
+        unit.stopping = unit.killed = unit.hung = unit.unhealthy = False
+        unit.health, unit.health_detail = "unknown", ""
+        unit.status_text = unit.main_pid = unit.last_heartbeat = None
+        wants_notify = spec.ready.kind == "notify" or (
+            spec.heartbeat is not None and spec.heartbeat.via == "watchdog"
+        )
+        if wants_notify and self.runtime_dir is not None:
+            # Bound before the spawn, so that nothing the module sends is lost.
+            path = notify_path(self.runtime_dir / "notify", unit.name, unit.token)
+            unit.notify = NotifySocket(
+                path, lambda fields: self._notified(unit, fields)
+            )
         env = self._environment(unit)
         check = ReadyCheck(
             spec.ready,
@@ -543,17 +652,25 @@ class Orchestrator:
             cwd=spec.workdir,
         )
         check.arm()
+        unit.check = check
+        argv, user, group = self._command(spec)
         try:
+            if spec.ready.kind in ("handshake", "notify") and self.runtime_dir is None:
+                raise OSError(0, f"{spec.ready.kind} readiness needs a runtime folder")
             child = self.processes.spawn(
-                spec.argv,
+                argv,
                 env=env,
                 cwd=spec.workdir,
-                user=spec.user,
-                group=spec.group,
+                user=user,
+                group=group,
                 token=unit.token,
             )
         except OSError as exc:
             check.close()
+            unit.check = None
+            if unit.notify is not None:
+                unit.notify.close()
+                unit.notify = None
             error = f"cannot start {spec.argv[0]}: {exc.strerror or exc}"
             unit.log.note(error)
             self._ended(unit, None, "starting", error)
@@ -574,7 +691,34 @@ class Orchestrator:
         env.update(unit.spec.env)
         env["PARTENZA_MODULE"] = unit.name
         env["PARTENZA_TOKEN"] = unit.token
+        if self.contract is not None:
+            env["PARTENZA_SOCKET"] = str(self.contract.path)
+        if unit.notify is not None:
+            env["NOTIFY_SOCKET"] = str(unit.notify.path)
+        heartbeat = unit.spec.heartbeat
+        if heartbeat is not None and heartbeat.via == "watchdog":
+            env["WATCHDOG_USEC"] = str(int(heartbeat.interval * 1_000_000))
         return env
+
+    def _unmet(self, spec: ModuleSpec) -> str | None:
+        if spec.network != "host" and not self._netns_checked:
+            from partenza.netns import probe as probe_netns
+
+            self._netns_problem = probe_netns()
+            self._netns_checked = True
+        netns = self._netns_problem
+        return unmet_requirements(spec, euid=os.geteuid(), netns=netns)
+
+    def _command(self, spec: ModuleSpec) -> tuple[list[str], str | None, str | None]:
+        """The argv to spawn, and the user and group for the spawn to switch to."""
+        if spec.network == "host":
+            return list(spec.argv), spec.user, spec.group
+        wrapper = [sys.executable, "-m", "partenza.netns", spec.network]
+        if spec.user:
+            wrapper += ["--user", spec.user]
+        if spec.group:
+            wrapper += ["--group", spec.group]
+        return [*wrapper, "--", *spec.argv], None, None
 
     async def _supervise(self, unit: Unit, child: Child, check: ReadyCheck) -> None:
         spec = unit.spec
@@ -613,12 +757,31 @@ class Orchestrator:
             unit.ready_at = time.time()
             took = time.monotonic() - child.started
             self._set(unit, READY, ready.result(), ready_in=round(took, 4))
+            self._arm_heartbeat(unit)
+            if spec.health is not None:
+                unit.health_task = asyncio.get_running_loop().create_task(
+                    self._probe_health(unit, child), name=f"health {unit.name}"
+                )
         check.close()
+        unit.check = None
 
         # Supervise until the process ends, then sweep up what it left behind.
         status = await child.exited
+        if unit.main_pid and unit.main_pid != child.pid and not unit.stopping:
+            # It handed over to the main process it named with MAINPID=.
+            handed = self.processes.watch(unit.main_pid)
+            if handed is not None:
+                ended = status.describe()
+                unit.log.note(f"pid {child.pid} {ended}; main pid is {unit.main_pid}")
+                status = await handed
         if stage == "starting":
             error = f"{status.describe()} before it was ready ({check.last_error})"
+        elif unit.hung and spec.heartbeat is not None:
+            stage = "heartbeat"
+            error = f"hung: no heartbeat for {format_duration(spec.heartbeat.interval)}"
+        elif unit.unhealthy:
+            stage, error = "health", f"unhealthy: {unit.health_detail}"
+        self._disarm(unit)
         await self._sweep(unit, child)
         await asyncio.wait([reader.closed for reader in readers], timeout=0.2)
         for reader in readers:
@@ -629,7 +792,219 @@ class Orchestrator:
             unit.kill_timer.cancel()
             unit.kill_timer = None
         unit.log.note(f"pid {child.pid} {status.describe()}")
+        if unit.notify is not None:
+            unit.notify.close()
+            unit.notify = None
+        if unit.session is not None:
+            unit.session.close()
+            unit.session = None
         self._ended(unit, status, stage, error)
+
+    # Signs of life and health, once a module is ready.
+
+    def _arm_heartbeat(self, unit: Unit) -> None:
+        heartbeat = unit.spec.heartbeat
+        if heartbeat is None:
+            return
+        if unit.heartbeat_timer is not None:
+            unit.heartbeat_timer.cancel()
+        unit.heartbeat_timer = asyncio.get_running_loop().call_later(
+            heartbeat.interval, self._missed_heartbeat, unit
+        )
+
+    def _heartbeat(self, unit: Unit) -> None:
+        unit.last_heartbeat = time.time()
+        if unit.state in UP and not unit.stopping:
+            self._arm_heartbeat(unit)
+
+    def _missed_heartbeat(self, unit: Unit) -> None:
+        unit.heartbeat_timer = None
+        heartbeat = unit.spec.heartbeat
+        if unit.child is None or unit.stopping or heartbeat is None:
+            return
+        unit.hung = True
+        since = format_duration(heartbeat.interval)
+        self._set(unit, HUNG, f"no heartbeat for {since}; restarting it")
+        self._terminate(unit)
+
+    def _disarm(self, unit: Unit) -> None:
+        if unit.heartbeat_timer is not None:
+            unit.heartbeat_timer.cancel()
+            unit.heartbeat_timer = None
+        if unit.health_task is not None:
+            unit.health_task.cancel()
+            unit.health_task = None
+
+    async def _probe_health(self, unit: Unit, child: Child) -> None:
+        """Probe the module, one probe at a time, until its process ends."""
+        spec = unit.spec.health
+        assert spec is not None
+        env = self._environment(unit)
+        ready_at = time.monotonic()
+        failures = 0
+        while child.running and not unit.stopping:
+            await asyncio.sleep(spec.interval)
+            problem = await probe(spec, self.processes.spawn, env, unit.spec.workdir)
+            if not child.running or unit.stopping:
+                return
+            if problem is None:
+                failures = 0
+                if unit.health != "passing":
+                    unit.health, unit.health_detail = "passing", ""
+                    self.bus.publish(
+                        "health", module=unit.name, health="passing", detail=""
+                    )
+                    if unit.state == DEGRADED:
+                        self._set(
+                            unit, READY, f"health passing again ({spec.describe()})"
+                        )
+                    else:
+                        self._touch(unit)
+                continue
+            if time.monotonic() - ready_at < spec.start_period:
+                continue
+            failures += 1
+            unit.health_detail = problem
+            if unit.health != "failing":
+                unit.health = "failing"
+                self.bus.publish(
+                    "health", module=unit.name, health="failing", detail=problem
+                )
+            if failures == spec.threshold and unit.state == READY:
+                self._set(
+                    unit,
+                    DEGRADED,
+                    f"{failures} failed health probes ({spec.describe()}: {problem})",
+                )
+            elif (
+                spec.restart_after
+                and failures >= spec.threshold + spec.restart_after
+                and unit.state == DEGRADED
+            ):
+                unit.unhealthy = True
+                unit.log.note(
+                    f"unhealthy after {failures} failed probes; restarting it"
+                )
+                self._terminate(unit)
+                return
+
+    # The module contract and the notify protocol.
+
+    def contract_hello(
+        self, hello: dict[str, Any], session: Session
+    ) -> str | dict[str, Any]:
+        name = hello.get("module")
+        unit = self.units.get(name) if isinstance(name, str) else None
+        if unit is None:
+            return f"no module named {name!r} in the plan"
+        if unit.child is None or not unit.child.running:
+            return f"{unit.name} has no running process"
+        if hello.get("token") != unit.token:
+            return "wrong or stale token: it is not the token of this start"
+        version = hello.get("api")
+        if not isinstance(version, str):
+            return 'the hello has no API version ("api": "1.0")'
+        if version != unit.spec.api_version:
+            return (
+                f"the hello says API {version}, the manifest declares "
+                f"{unit.spec.api_version}"
+            )
+        misfit = api_fits(version, unit.spec.compatibility)
+        if misfit is not None:
+            return misfit
+        capabilities = hello.get("capabilities", [])
+        if not isinstance(capabilities, list) or not all(
+            isinstance(c, str) for c in capabilities
+        ):
+            return "capabilities must be a list of names"
+        declared = {unit.name, *unit.spec.provides}
+        undeclared = sorted(set(capabilities) - declared)
+        if undeclared:
+            return (
+                f"capability {undeclared[0]!r} is not declared in "
+                f"{unit.spec.file} (provides)"
+            )
+        if unit.session is not None:
+            unit.session.close()
+        unit.session = session
+        unit.log.note(f"welcomed on the contract socket (API {version})")
+        log.info("%s: welcomed on the contract socket (API %s)", unit.name, version)
+        self.bus.publish("contract", module=unit.name, welcomed=True, api=version)
+        heartbeat = unit.spec.heartbeat
+        interval = (
+            heartbeat.interval if heartbeat and heartbeat.via == "contract" else None
+        )
+        return {
+            "type": "welcome",
+            "api": api_version(),
+            "module": unit.name,
+            "heartbeat": interval,
+        }
+
+    def contract_refused(self, module: str | None, reason: str) -> None:
+        who = module or "a client"
+        log.warning("contract: refused %s: %s", who, reason)
+        self.bus.publish("contract", module=module, welcomed=False, reason=reason)
+        unit = self.units.get(module) if module else None
+        if unit is not None:
+            unit.log.note(f"refused on the contract socket: {reason}")
+
+    def contract_closed(self, session: Session) -> None:
+        unit = self.units.get(session.module)
+        if unit is not None and unit.session is session:
+            unit.session = None
+
+    def contract_message(self, session: Session, message: dict[str, Any]) -> None:
+        unit = self.units.get(session.module)
+        if unit is None or unit.session is not session:
+            return
+        kind = message["type"]
+        if kind == "ready":
+            self._said_ready(unit, "said ready on the contract socket")
+        elif kind == "heartbeat":
+            self._heartbeat(unit)
+        elif kind == "status":
+            self._status(unit, str(message.get("text", "")))
+        elif kind == "stopping":
+            unit.log.note("says it is stopping")
+        else:
+            log.debug("%s: ignored a contract message of type %r", unit.name, kind)
+
+    def _said_ready(self, unit: Unit, how: str) -> None:
+        check = unit.check
+        if check is not None and not check.said.done():
+            check.said.set_result(how)
+
+    def _status(self, unit: Unit, text: str) -> None:
+        text = text.replace("\n", " ")[:200]
+        if text == unit.status_text:
+            return
+        unit.status_text = text
+        self.bus.publish("status", module=unit.name, text=text)
+
+    def _notified(self, unit: Unit, fields: dict[str, str]) -> None:
+        """A datagram on the unit's NOTIFY_SOCKET."""
+        if fields.get("READY") == "1":
+            self._said_ready(unit, "sent READY=1")
+            if unit.reason == "reloading" and unit.state in UP:
+                self._set(unit, unit.state, "reloaded")
+        if "STATUS" in fields:
+            self._status(unit, fields["STATUS"])
+        if fields.get("RELOADING") == "1" and unit.state in UP:
+            self._set(unit, unit.state, "reloading")
+        if fields.get("STOPPING") == "1":
+            unit.log.note("says it is stopping (STOPPING=1)")
+        if fields.get("WATCHDOG") == "1":
+            self._heartbeat(unit)
+        elif fields.get("WATCHDOG") == "trigger" and unit.child is not None:
+            self._missed_heartbeat(unit)
+        if "MAINPID" in fields:
+            try:
+                unit.main_pid = int(fields["MAINPID"])
+            except ValueError:
+                log.warning("%s: MAINPID=%r is no pid", unit.name, fields["MAINPID"])
+        if "ERRNO" in fields:
+            unit.log.note(f"says ERRNO={fields['ERRNO']}")
 
     async def _sweep(self, unit: Unit, child: Child) -> None:
         """Stop what is left of a module once its main process has ended."""
@@ -928,11 +1303,11 @@ class Orchestrator:
             self._set_system("rescue", f"{self.rescue} failed and is critical")
         elif self._pending_boot:
             self._set_system("starting", self.system_reason)
-        elif self._counts[FAILED] or self._counts[BLOCKED]:
-            failed = [
-                u.name for u in self.units.values() if u.state in (FAILED, BLOCKED)
-            ]
-            self._set_system("degraded", "not running: " + ", ".join(sorted(failed)))
+        elif any(self._counts[state] for state in TROUBLE):
+            troubled = sorted(
+                f"{u.name} {u.state}" for u in self.units.values() if u.state in TROUBLE
+            )
+            self._set_system("degraded", ", ".join(troubled))
         else:
             self._set_system("running", "every module is up")
 
@@ -986,6 +1361,16 @@ class Orchestrator:
             ],
             "blocked_by": unit.blocked_by,
             "failure": unit.failure,
+            "health": unit.health if spec.health else None,
+            "health_detail": unit.health_detail,
+            "health_check": spec.health.describe() if spec.health else None,
+            "heartbeat": spec.heartbeat.interval if spec.heartbeat else None,
+            "last_heartbeat": unit.last_heartbeat,
+            "status_text": unit.status_text,
+            "contract": unit.session is not None,
+            "main_pid": unit.main_pid,
+            "network": spec.network,
+            "unmet": unit.unmet,
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -20,13 +20,13 @@ import shlex
 import shutil
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from partenza.errors import PlanError, Problem, suggestion
 
-COMPILER_VERSION = 2
+COMPILER_VERSION = 3
 """Bumped whenever the compiled form changes, so old cache entries are missed."""
 SETTINGS_FILE = "plan.toml"
 EDGE_KINDS = ("requires", "wants", "after", "sidecar")
@@ -95,6 +95,44 @@ class LogSpec:
 
 
 @dataclass(frozen=True)
+class HeartbeatSpec:
+    """Signs of life; see `partenza.manifest.Heartbeat`."""
+
+    interval: float
+    via: str = "contract"
+
+
+@dataclass(frozen=True)
+class HealthSpec:
+    """A health probe; see `partenza.manifest.HealthCheck`."""
+
+    kind: str
+    interval: float = 10.0
+    timeout: float = 2.0
+    threshold: int = 3
+    restart_after: int = 3
+    start_period: float = 0.0
+    command: tuple[str, ...] = ()
+    host: str = ""
+    port: int = 0
+    url: str = ""
+    status: str = "200-399"
+
+    def describe(self) -> str:
+        """The probe in a few words: `http http://127.0.0.1:8080/health`."""
+        if self.kind == "exec":
+            return "exec " + shlex.join(self.command)
+        if self.kind == "tcp":
+            return f"tcp {self.host}:{self.port}"
+        return f"http {self.url}"
+
+    def passes(self, status: int) -> bool:
+        """Whether an HTTP status is in the passing range."""
+        low, _, high = self.status.partition("-")
+        return int(low) <= status <= int(high or low)
+
+
+@dataclass(frozen=True)
 class ConsoleSpec:
     """Who has the console; see `partenza.manifest.ConsoleSettings`."""
 
@@ -136,6 +174,13 @@ class ModuleSpec:
     restart: RestartSpec = RestartSpec()
     stop: StopSpec = StopSpec()
     on_failure: str = "degrade"
+    heartbeat: HeartbeatSpec | None = None
+    health: HealthSpec | None = None
+    requires_healthy: tuple[str, ...] = ()
+    check: tuple[str, ...] = ()
+    check_timeout: float = 10.0
+    network: str = "host"
+    root: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,6 +197,8 @@ class Edge:
     """The name as written: a module or a capability."""
     file: str
     """The manifest that declares it."""
+    healthy: bool = False
+    """A hard edge whose target must also pass its health probe."""
 
     @property
     def hard(self) -> bool:
@@ -160,6 +207,8 @@ class Edge:
     def why(self) -> str:
         """Where the edge comes from: `worker.toml: requires "web"`."""
         field_name = "sidecars" if self.kind == "sidecar" else self.kind
+        if self.healthy:
+            field_name = "requires_healthy"
         return f'{self.file}: {field_name} "{self.via}"'
 
 
@@ -230,11 +279,26 @@ class Plan:
         modules = {}
         for name, raw in data["modules"].items():
             raw = dict(raw)
-            for key in ("argv", "provides", "requires", "wants", "after", "sidecars"):
+            for key in (
+                "argv",
+                "provides",
+                "requires",
+                "wants",
+                "after",
+                "sidecars",
+                "requires_healthy",
+                "check",
+            ):
                 raw[key] = tuple(raw[key])
             ready = dict(raw["ready"])
             ready["command"] = tuple(ready["command"])
             raw["ready"] = ReadySpec(**ready)
+            if raw["heartbeat"] is not None:
+                raw["heartbeat"] = HeartbeatSpec(**raw["heartbeat"])
+            if raw["health"] is not None:
+                health = dict(raw["health"])
+                health["command"] = tuple(health["command"])
+                raw["health"] = HealthSpec(**health)
             raw["restart"] = RestartSpec(**raw["restart"])
             raw["stop"] = StopSpec(**raw["stop"])
             modules[name] = ModuleSpec(**raw)
@@ -452,18 +516,38 @@ def _compile_module(
             stream=ready.stream,
         )
 
-    if manifest.user is not None:
-        try:
-            pwd.getpwnam(manifest.user)
-        except KeyError:
-            problems.append(Problem(shown, "user", f"no such user {manifest.user!r}"))
-    if manifest.group is not None:
-        try:
-            grp.getgrnam(manifest.group)
-        except KeyError:
-            problems.append(
-                Problem(shown, "group", f"no such group {manifest.group!r}")
-            )
+    health = None
+    if manifest.health is not None:
+        probe = manifest.health
+        health = HealthSpec(
+            kind=probe.kind,
+            interval=probe.interval,
+            timeout=probe.timeout,
+            threshold=probe.threshold,
+            restart_after=probe.restart_after,
+            start_period=probe.start_period,
+        )
+        if probe.kind == "exec":
+            command = tuple(_expand(arg, base) for arg in probe.command)
+            problem = _check_program(command[0], env, workdir)
+            if problem:
+                problems.append(Problem(shown, "health.command", problem))
+            health = replace(health, command=command)
+        elif probe.kind == "tcp":
+            health = replace(health, host=probe.host, port=probe.port)
+        else:
+            health = replace(health, url=probe.url, status=probe.status)
+    check: tuple[str, ...] = ()
+    if manifest.check is not None:
+        check = tuple(_expand(arg, base) for arg in manifest.check)
+        problem = _check_program(check[0], env, workdir)
+        if problem:
+            problems.append(Problem(shown, "check", problem))
+    heartbeat = None
+    if manifest.heartbeat is not None:
+        heartbeat = HeartbeatSpec(
+            interval=manifest.heartbeat.interval, via=manifest.heartbeat.via
+        )
 
     spec = ModuleSpec(
         name=manifest.name,
@@ -494,8 +578,47 @@ def _compile_module(
         ),
         stop=StopSpec(signal=manifest.stop.signal, timeout=manifest.stop.timeout),
         on_failure=manifest.failure_strategy,
+        heartbeat=heartbeat,
+        health=health,
+        requires_healthy=tuple(manifest.requires_healthy),
+        check=check,
+        check_timeout=manifest.check_timeout,
+        network=manifest.network,
+        root=manifest.root,
     )
     return spec, problems
+
+
+def unmet_requirements(spec: ModuleSpec, *, euid: int, netns: str | None) -> str | None:
+    """Why this orchestrator cannot run `spec` as it asks, or None when it can.
+
+    Args:
+        euid: The orchestrator's effective uid.
+        netns: Why network namespaces cannot be made here, or None if they can.
+    """
+    if spec.root and euid != 0:
+        return f"needs root; the orchestrator runs as uid {euid}"
+    if spec.user is not None:
+        try:
+            entry = pwd.getpwnam(spec.user)
+        except KeyError:
+            return f"runs as user {spec.user!r}, which does not exist"
+        if euid != 0 and entry.pw_uid != euid:
+            return (
+                f"runs as user {spec.user!r}, which needs an orchestrator run as root"
+            )
+    if spec.group is not None:
+        try:
+            grp.getgrnam(spec.group)
+        except KeyError:
+            return f"runs as group {spec.group!r}, which does not exist"
+        if euid != 0:
+            return (
+                f"runs as group {spec.group!r}, which needs an orchestrator run as root"
+            )
+    if spec.network != "host" and netns is not None:
+        return f"needs a network namespace of its own ({spec.network}): {netns}"
+    return None
 
 
 def _check_program(program: str, env: dict[str, str], workdir: Path) -> str | None:
@@ -625,12 +748,19 @@ class _Compiler:
     def resolve_edges(self) -> None:
         bound: dict[str, str] = {}
         for spec in self.modules.values():
-            for kind in ("requires", "wants", "after"):
-                for name in getattr(spec, kind):
+            healthy_only = [n for n in spec.requires_healthy if n not in spec.requires]
+            for kind, names in (
+                ("requires", (*spec.requires, *healthy_only)),
+                ("wants", spec.wants),
+                ("after", spec.after),
+            ):
+                for name in names:
                     target = self.resolve(name)
+                    healthy = kind == "requires" and name in spec.requires_healthy
                     if target is None and kind == "requires":
+                        field_name = "requires_healthy" if healthy else "requires"
                         self.problems.append(
-                            Problem(spec.file, "requires", self._absent(spec, name))
+                            Problem(spec.file, field_name, self._absent(spec, name))
                         )
                         continue
                     if target is None:
@@ -642,7 +772,9 @@ class _Compiler:
                                 "without it",
                             )
                         )
-                    self.edges.append(Edge(spec.name, target, kind, name, spec.file))
+                    self.edges.append(
+                        Edge(spec.name, target, kind, name, spec.file, healthy)
+                    )
             for name in spec.sidecars:
                 sidecar = self.modules.get(name)
                 if sidecar is None and name in self.invalid:

@@ -75,13 +75,20 @@ class Child:
         self.pgid = popen.pid
         self.token = token
         self.started = time.monotonic()
+        self.status: ExitStatus | None = None
+        """Set when the process has been reaped."""
         self.exited: asyncio.Future[ExitStatus] = (
             asyncio.get_running_loop().create_future()
         )
 
     @property
     def running(self) -> bool:
-        return not self.exited.done()
+        return self.status is None
+
+    async def wait(self) -> ExitStatus:
+        """The exit status, once reaped. Cancelling the wait leaves the
+        process and its `exited` future alone."""
+        return await asyncio.shield(self.exited)
 
 
 class ProcessManager:
@@ -89,6 +96,7 @@ class ProcessManager:
 
     def __init__(self) -> None:
         self._children: dict[int, Child] = {}
+        self._watched: dict[int, asyncio.Future[ExitStatus]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.orphans_reaped = 0
         self.subreaper = False
@@ -222,6 +230,9 @@ class ProcessManager:
             if pid == 0:
                 return
             child = self._children.pop(pid, None)
+            watched = self._watched.pop(pid, None)
+            if watched is not None and not watched.done():
+                watched.set_result(ExitStatus.from_wait(status))
             if child is None:
                 self.orphans_reaped += 1
                 log.debug(
@@ -232,12 +243,26 @@ class ProcessManager:
                 continue
             result = ExitStatus.from_wait(status)
             child.popen.returncode = os.waitstatus_to_exitcode(status)
+            child.status = result
             if not child.exited.done():
                 child.exited.set_result(result)
 
     @property
     def children(self) -> Iterable[Child]:
         return self._children.values()
+
+    def watch(self, pid: int) -> asyncio.Future[ExitStatus] | None:
+        """A future for the end of `pid`, a descendant that this process will
+        reap once it is adopted; None when `pid` is already gone."""
+        if pid in self._children:
+            return self._children[pid].exited
+        if process_group(pid) is None:
+            return None
+        future = self._watched.get(pid)
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
+            self._watched[pid] = future
+        return future
 
     def strays(self, child: Child) -> list[int]:
         """A module's processes outside its group, found by its token.

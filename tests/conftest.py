@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Callable, Iterator
@@ -60,10 +61,15 @@ MARK = "PZTEST_RUN"
 """Set in every test orchestrator's environment; its modules inherit it."""
 
 
-def partenza_env(base: Path) -> dict[str, str]:
+def short_dir() -> Path:
+    """A folder with a short path: Unix socket paths may not pass 107 bytes."""
+    return Path(tempfile.mkdtemp(prefix="pz-", dir="/tmp"))
+
+
+def partenza_env(base: Path, runtime: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env[MARK] = f"{os.getpid()}-{time.monotonic_ns()}"
-    env["PARTENZA_RUNTIME_DIR"] = str(base / "run")
+    env["PARTENZA_RUNTIME_DIR"] = str(runtime or base / "run")
     env["PARTENZA_STATE_DIR"] = str(base / "state")
     env["NO_COLOR"] = "1"
     env.pop("PARTENZA_SOCKET", None)
@@ -78,7 +84,8 @@ class Booted:
     ) -> None:
         self.plan = plan
         self.base = base
-        self.env = partenza_env(base)
+        self.runtime = short_dir()
+        self.env = partenza_env(base, self.runtime / "run")
         self.env.update(env or {})
         self.socket = Path(self.env["PARTENZA_RUNTIME_DIR"]) / "control.sock"
         base.mkdir(parents=True, exist_ok=True)
@@ -182,6 +189,7 @@ class Booted:
             self.proc.wait(10)
         self._output.close()
         self.leftovers = kill_marked(self.env[MARK])
+        shutil.rmtree(self.runtime, ignore_errors=True)
         return self.proc.returncode
 
 

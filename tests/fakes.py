@@ -45,12 +45,16 @@ class FakeChild:
         self.exited: asyncio.Future[ExitStatus] = (
             asyncio.get_running_loop().create_future()
         )
+        self.status: ExitStatus | None = None
         self.signals: list[tuple[float, int]] = []
         self.ignores: set[int] = set()
 
     @property
     def running(self) -> bool:
-        return not self.exited.done()
+        return self.status is None
+
+    async def wait(self) -> ExitStatus:
+        return await asyncio.shield(self.exited)
 
     def write(self, text: str, stream: str = "out") -> None:
         fd = self.popen.out_w if stream == "out" else self.popen.err_w
@@ -64,7 +68,8 @@ class FakeChild:
                 os.close(fd)
             except OSError:
                 pass
-        self.exited.set_result(ExitStatus(code, sig))
+        self.status = ExitStatus(code, sig)
+        self.exited.set_result(self.status)
 
 
 def runs(child: FakeChild) -> None:
@@ -125,6 +130,9 @@ class FakeProcesses:
 
     def leftovers(self) -> list[int]:
         return []
+
+    def watch(self, pid: int) -> None:
+        return None
 
     def kill(self, pid: int, sig: int) -> None:
         pass

@@ -41,7 +41,7 @@ def raw_exchange(path: Path, payload: bytes) -> list[dict]:
 def test_the_socket_is_private(tmp_path: Path, boot) -> None:
     booted = boot(write_plan(tmp_path / "plan", SIMPLE))
     assert stat.S_IMODE(booted.socket.stat().st_mode) == 0o600
-    assert stat.S_IMODE(booted.socket.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(booted.socket.parent.stat().st_mode) == 0o711
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to connect as another uid")

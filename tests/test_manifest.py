@@ -64,7 +64,8 @@ SCHEMA_CASES = [
         "zzqqxx",
         "unknown key; expected one of: name, description, api_version, "
         "compatibility, exec, env, workdir, user, group, provides, requires, "
-        "wants, after, sidecars, sidecar, critical, priority, ready, restart, "
+        "wants, after, sidecars, sidecar, critical, priority, ready, heartbeat, "
+        "health, requires_healthy, check, check_timeout, network, root, restart, "
         "stop, on_failure",
         id="unknown-key-no-near-match",
     ),
@@ -164,13 +165,13 @@ SCHEMA_CASES = [
         'exec = "true"\n[ready]\nkind = "tpc"\nport = 80\n',
         "ready",
         "unknown kind 'tpc' (did you mean 'tcp'?); expected one of started, tcp, "
-        "exec, file, log",
+        "exec, file, log, handshake, notify",
         id="ready-kind",
     ),
     pytest.param(
         'exec = "true"\n[ready]\nport = 80\n',
         "ready",
-        "needs a `kind`: started, tcp, exec, file or log",
+        "needs a `kind`: started, tcp, exec, file, log, handshake, notify",
         id="ready-without-kind",
     ),
     pytest.param(
@@ -654,21 +655,37 @@ def test_missing_workdir(tmp_path: Path) -> None:
     ]
 
 
-def test_nonexistent_user_and_group(tmp_path: Path) -> None:
-    plan = write_plan(
-        tmp_path / "plan",
-        {
-            "web": """
-            exec = "${python}"
-            user = "no-such-user-pz"
-            group = "no-such-group-pz"
-            """
-        },
+def test_requirements_are_checked_against_this_orchestrator(tmp_path: Path) -> None:
+    """A missing user, or root when not root, is no compile error: `validate`
+    refuses it and a boot shows the module blocked, with these reasons."""
+    from partenza.plan import compile_plan, unmet_requirements
+
+    plan = compile_plan(
+        write_plan(
+            tmp_path / "plan",
+            {
+                "ghost": 'exec = "${python}"\nuser = "no-such-user-pz"\n',
+                "nogroup": 'exec = "${python}"\ngroup = "no-such-group-pz"\n',
+                "admin": 'exec = "${python}"\nroot = true\n',
+                "isolated": 'exec = "${python}"\nnetwork = "none"\n',
+            },
+        )
     )
-    assert plan_problems(plan) == [
-        Problem(f"{plan}/web.toml", "user", "no such user 'no-such-user-pz'"),
-        Problem(f"{plan}/web.toml", "group", "no such group 'no-such-group-pz'"),
-    ]
+    modules = plan.modules
+    assert unmet_requirements(modules["ghost"], euid=0, netns=None) == (
+        "runs as user 'no-such-user-pz', which does not exist"
+    )
+    assert unmet_requirements(modules["nogroup"], euid=0, netns=None) == (
+        "runs as group 'no-such-group-pz', which does not exist"
+    )
+    assert unmet_requirements(modules["admin"], euid=1000, netns=None) == (
+        "needs root; the orchestrator runs as uid 1000"
+    )
+    assert unmet_requirements(modules["admin"], euid=0, netns=None) is None
+    assert unmet_requirements(modules["isolated"], euid=0, netns="not allowed") == (
+        "needs a network namespace of its own (none): not allowed"
+    )
+    assert unmet_requirements(modules["isolated"], euid=0, netns=None) is None
 
 
 def test_existing_user_and_group_are_accepted(tmp_path: Path) -> None:
