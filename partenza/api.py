@@ -94,6 +94,7 @@ class ControlServer:
             "validate": self._validate,
             "reload": self._reload,
             "continue": self._continue,
+            "note": self._note,
             "subscribe": self._subscribe,
         }
 
@@ -264,7 +265,12 @@ class ControlServer:
 
     async def _why(self, params: Params, conn: _Connection, rid: Any) -> Any:
         unit = self._unit(params)
-        return {"module": unit.name, "chain": self.orchestrator.why(unit.name)}
+        links = self.orchestrator.why_links(unit.name)
+        return {
+            "module": unit.name,
+            "chain": self.orchestrator.why(unit.name),
+            "links": links,
+        }
 
     async def _plan(self, params: Params, conn: _Connection, rid: Any) -> Any:
         return self.orchestrator.plan.to_json()
@@ -432,6 +438,28 @@ class ControlServer:
             ) from None
         changes = self.orchestrator.reload(plan)
         return {"changes": changes, "notes": [str(note) for note in plan.notes]}
+
+    async def _note(self, params: Params, conn: _Connection, rid: Any) -> Any:
+        text = params.get("text")
+        level = params.get("level", "info")
+        source = params.get("source", "client")
+        if not isinstance(text, str) or not text:
+            raise RequestError("a note needs text", 'send "text": "..."')
+        if level not in ("info", "warning", "error"):
+            raise RequestError(f"unknown level {level!r}", "info, warning or error")
+        text = text.replace("\n", " ")[:500]
+        log.log(
+            {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[
+                level
+            ],
+            "%s: %s",
+            source,
+            text,
+        )
+        self.orchestrator.bus.publish(
+            "note", source=str(source)[:40], level=level, text=text
+        )
+        return {}
 
     async def _continue(self, params: Params, conn: _Connection, rid: Any) -> Any:
         self.orchestrator.resume()

@@ -354,7 +354,7 @@ def cmd_rescue(args: argparse.Namespace) -> int:
     # prompt-toolkit is imported only here: the boot path never loads it.
     from rescue.shell import run
 
-    return run(_socket(args), bluescreen=args.bluescreen)
+    return run(_socket(args), bluescreen=args.bluescreen, state_dir=_state_dir(args))
 
 
 def cmd_top(args: argparse.Namespace) -> int:

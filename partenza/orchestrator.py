@@ -469,6 +469,7 @@ class Orchestrator:
         self.rescue = None
         for unit in self.units.values():
             self._mark(unit)
+        self._update_system()
 
     async def settled(
         self, unit: Unit, wanted: Callable[[Unit], bool], timeout: float
@@ -1398,14 +1399,23 @@ class Orchestrator:
 
     def why(self, name: str) -> list[str]:
         """The chain of reasons from a module down to the root cause."""
-        chain: list[str] = []
+        return [
+            f"{link['module']} {link['state']}: {link['reason']}"
+            for link in self.why_links(name)
+        ]
+
+    def why_links(self, name: str) -> list[dict[str, str]]:
+        """`why` as records: module, state and reason, the root cause last."""
+        links: list[dict[str, str]] = []
         seen: set[str] = set()
         unit: Unit | None = self.units[name]
         while unit is not None and unit.name not in seen:
             seen.add(unit.name)
-            chain.append(f"{unit.name} {unit.state}: {unit.reason}")
+            links.append(
+                {"module": unit.name, "state": unit.state, "reason": unit.reason}
+            )
             unit = self.units.get(unit.blocked_by) if unit.blocked_by else None
-        return chain
+        return links
 
 
 def diff_plans(old: Plan, new: Plan) -> dict[str, list[str]]:

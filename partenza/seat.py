@@ -35,6 +35,8 @@ from partenza.process import Child
 log = logging.getLogger(__name__)
 
 HOLDER_STOP_TIMEOUT = 3.0
+REOPEN_AFTER = 2.0
+"""Seconds before a rescue shell that ended is opened again, while in rescue."""
 
 
 @dataclass
@@ -237,12 +239,22 @@ class Seat:
         elif kind == "rescue" and self.orchestrator.plan.console.mode == "top":
             if not self.orchestrator.shutting_down:
                 self.give("top", self._command("top"))
-        elif kind == "rescue" and status != "exited 0":
+        elif kind == "rescue" and self.orchestrator.rescue is not None:
+            # As sulogin does: while the system is in rescue, the console keeps
+            # a rescue shell.
+            module = self.orchestrator.rescue
             self.console.line(
                 "warn",
-                f"partenza: the rescue shell {status}; "
-                "`partenza rescue` opens it again",
+                f"partenza: the rescue shell {status} and {module} is still down; "
+                f"it opens again in {REOPEN_AFTER:g}s",
             )
+            asyncio.get_running_loop().call_later(REOPEN_AFTER, self._reopen, module)
+
+    def _reopen(self, module: str) -> None:
+        if self._closing or self.orchestrator.shutting_down:
+            return
+        if self.holder is None and self.orchestrator.rescue == module:
+            self.give("rescue", self._command("rescue", "--bluescreen", module))
 
     async def close(self) -> None:
         """Stop whatever holds the console and take it back."""
