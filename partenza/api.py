@@ -158,6 +158,10 @@ class ControlServer:
             await self._serve(_Connection(reader, writer))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # Closing the server cancels its connections; ending quietly here
+            # keeps Python 3.11's streams from reporting the cancellation.
+            pass
         finally:
             self._clients.discard(task)
             writer.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import logging.handlers
+import resource
 import signal
 import sys
 import time
@@ -68,6 +69,23 @@ def _setup_logging(state_dir: Path, console: Console) -> None:
     root.addHandler(handler)
 
 
+def _raise_file_limit() -> None:
+    """Let the orchestrator open as many files as it may: every module takes
+    three (two pipes and its log file), and 1024 is a common soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            ceiling = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            ceiling = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < ceiling:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit from %d: %s", soft, exc)
+
+
 def boot(
     plan_dir: Path,
     *,
@@ -84,6 +102,7 @@ def boot(
     console = Console(out)
     try:
         _setup_logging(state_dir, console)
+        _raise_file_limit()
 
         # Read the plan, from the cache when no manifest changed.
         started = time.monotonic()

@@ -25,6 +25,8 @@ from partenza.process import Child, signal_group
 from partenza.units import format_duration
 
 Spawn = Callable[..., Child]
+FIRST_RETRY = 0.005
+"""Seconds before a polling readiness check tries the second time."""
 
 
 class ReadyCheck:
@@ -81,11 +83,15 @@ class ReadyCheck:
         raise ValueError(f"unknown ready kind {kind!r}")
 
     async def _poll(self, attempt: Callable[[], object]) -> str:
+        # Retry soon at first, then every `interval`: most modules are ready
+        # a few milliseconds after their first refusal.
+        pause = min(FIRST_RETRY, self.spec.interval)
         while True:
             result = await attempt()  # type: ignore[misc]
             if result:
                 return str(result)
-            await asyncio.sleep(self.spec.interval)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self.spec.interval)
 
     async def _tcp(self) -> str | None:
         host, port = self.spec.host, self.spec.port

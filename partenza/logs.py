@@ -24,6 +24,8 @@ from partenza.plan import LogSpec
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+FILE_BUFFER = 8192
+"""Bytes a log file buffers before writing; flushed within FLUSH_AFTER anyway."""
 FLUSH_AFTER = 0.5
 """Seconds a written line may wait in the file buffer before it is flushed."""
 
@@ -60,7 +62,7 @@ class RotatingFile:
         if self._file is None and not self.failed:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "ab", buffering=READ_SIZE)  # noqa: SIM115
+                self._file = open(self.path, "ab", buffering=FILE_BUFFER)  # noqa: SIM115
                 self._size = self._file.tell()
             except OSError as exc:
                 self.failed = True

@@ -106,6 +106,8 @@ EXIT_MODULE_FAILED = 1
 """`partenza boot` ends with this when a module's `on_failure = shutdown` fired."""
 
 SWEEP_POLL = 0.05
+DRAIN_BATCH = 32
+"""Units stepped before the loop gets a turn."""
 FINAL_SWEEP_GRACE = 2.0
 
 
@@ -115,6 +117,7 @@ class Unit:
     def __init__(self, spec: ModuleSpec, log: ModuleLog, *, standby: bool) -> None:
         self.spec = spec
         self.name = spec.name
+        self.path = spec.file
         self.log = log
         self.state = INACTIVE
         self.reason = "standby" if standby else "waiting to start"
@@ -206,6 +209,7 @@ class Orchestrator:
         }
         for unit in self.units.values():
             unit.unmet = self._unmet(unit.spec)
+            unit.path = self._manifest_path(unit.spec)
         self._edges_from: dict[str, list[Edge]] = {name: [] for name in self.units}
         for edge in plan.edges:
             self._edges_from[edge.src].append(edge)
@@ -390,6 +394,7 @@ class Orchestrator:
                 standby=name in standby,
             )
             unit.unmet = self._unmet(unit.spec)
+            unit.path = self._manifest_path(unit.spec)
             self.units[name] = unit
             self._counts[unit.state] += 1
             self.bus.publish("added", module=name, record=self.record(unit))
@@ -508,7 +513,15 @@ class Orchestrator:
 
     def _drain(self) -> None:
         self._drain_scheduled = False
+        steps = 0
         while self._dirty:
+            steps += 1
+            if steps > DRAIN_BATCH:
+                # Let the loop reap, read and answer between batches: a wave
+                # of a thousand spawns must not hold it for seconds.
+                self._drain_scheduled = True
+                asyncio.get_running_loop().call_soon(self._drain)
+                return
             name = next(iter(self._dirty))
             del self._dirty[name]
             unit = self.units.get(name)
@@ -700,6 +713,9 @@ class Orchestrator:
         if heartbeat is not None and heartbeat.via == "watchdog":
             env["WATCHDOG_USEC"] = str(int(heartbeat.interval * 1_000_000))
         return env
+
+    def _manifest_path(self, spec: ModuleSpec) -> str:
+        return str(Path(self.plan.dir) / Path(spec.file).name)
 
     def _unmet(self, spec: ModuleSpec) -> str | None:
         if spec.network != "host" and not self._netns_checked:
@@ -1346,7 +1362,7 @@ class Orchestrator:
             "ready_at": unit.ready_at,
             "description": spec.description,
             "file": spec.file,
-            "path": str(Path(self.plan.dir) / Path(spec.file).name),
+            "path": unit.path,
             "critical": spec.critical,
             "sidecar": spec.sidecar,
             "provides": list(spec.provides),

@@ -20,6 +20,7 @@ import ctypes
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -97,6 +98,7 @@ class ProcessManager:
     def __init__(self) -> None:
         self._children: dict[int, Child] = {}
         self._watched: dict[int, asyncio.Future[ExitStatus]] = {}
+        self._programs: dict[tuple[str, str | None], str | None] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.orphans_reaped = 0
         self.subreaper = False
@@ -105,6 +107,11 @@ class ProcessManager:
         """Take over SIGCHLD on the running loop and become a child subreaper."""
         self._loop = asyncio.get_running_loop()
         self._loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        # A thousand children that end at once overflow the loop's wakeup
+        # pipe; a lost wakeup byte costs nothing, since reap() collects every
+        # child there is, so the overflow is not worth a warning each.
+        wakeup = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(wakeup, warn_on_full_buffer=False)
         if os.getpid() == 1:
             self.subreaper = True
         else:
@@ -149,9 +156,11 @@ class ProcessManager:
             )
         popen = subprocess.Popen(
             list(argv),
+            executable=self._resolve(argv[0], env.get("PATH")),
             stdin=subprocess.DEVNULL,
             stdout=output,
             stderr=output,
+            bufsize=0,
             cwd=cwd,
             env=env,
             start_new_session=True,
@@ -170,6 +179,16 @@ class ProcessManager:
                 except OSError:
                     pass
         return child
+
+    def _resolve(self, program: str, path: str | None) -> str | None:
+        """The program's path, looked up once per PATH rather than by execvp
+        at every spawn (which tries every PATH entry before the right one)."""
+        if "/" in program:
+            return None
+        key = (program, path)
+        if key not in self._programs:
+            self._programs[key] = shutil.which(program, path=path)
+        return self._programs[key]
 
     def spawn_on_terminal(
         self,
