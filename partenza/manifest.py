@@ -252,7 +252,8 @@ class Heartbeat(_Strict):
 
 class _HealthBase(_Strict):
     interval: Annotated[Duration, Field(gt=0)] = 10.0
-    """Time between the end of one probe and the start of the next."""
+    """Time between the end of one probe and the start of the next; the first
+    runs as soon as the module is ready."""
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
     """A probe that takes longer has failed; a command still running is killed."""
     threshold: int = Field(default=3, ge=1)

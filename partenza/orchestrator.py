@@ -859,8 +859,12 @@ class Orchestrator:
         env = self._environment(unit)
         ready_at = time.monotonic()
         failures = 0
+        first = True
         while child.running and not unit.stopping:
-            await asyncio.sleep(spec.interval)
+            # The first probe runs at once: dependents may wait for it.
+            if not first:
+                await asyncio.sleep(spec.interval)
+            first = False
             problem = await probe(spec, self.processes.spawn, env, unit.spec.workdir)
             if not child.running or unit.stopping:
                 return

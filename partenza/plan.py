@@ -57,6 +57,10 @@ class ReadySpec:
             return f"file {self.path}"
         if self.kind == "log":
             return f"log /{self.pattern}/"
+        if self.kind == "handshake":
+            return "handshake (says ready on the contract socket)"
+        if self.kind == "notify":
+            return "notify (sends READY=1)"
         return "process started"
 
 

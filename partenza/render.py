@@ -98,6 +98,23 @@ def module_detail(record: dict[str, Any]) -> str:
         ),
         ("manifest", record["file"]),
     ]
+    if record.get("status_text"):
+        fields.append(("status", record["status_text"]))
+    if record.get("health_check"):
+        verdict = record.get("health") or "unknown"
+        detail = f": {record['health_detail']}" if record.get("health_detail") else ""
+        fields.append(("health", f"{verdict}{detail} ({record['health_check']})"))
+    if record.get("heartbeat"):
+        last = record.get("last_heartbeat")
+        ago = f", the last {format_duration(time.time() - last)} ago" if last else ""
+        every = format_duration(record["heartbeat"])
+        fields.append(("heartbeat", f"at least every {every}{ago}"))
+    if record.get("contract"):
+        fields.append(("contract", "welcomed on the contract socket"))
+    if record.get("network") not in (None, "host"):
+        fields.append(("network", f"{record['network']} (a namespace of its own)"))
+    if record.get("unmet"):
+        fields.append(("cannot run", record["unmet"]))
     if record.get("provides"):
         fields.append(("provides", ", ".join(record["provides"])))
     for dep in record.get("deps", []):
@@ -201,6 +218,26 @@ def plan_text(plan: Any, width: int = 80) -> str:
                 title += f" (sidecar of {sidecar_of[name]})"
             add(f"{title}: {spec.description}" if spec.description else title, 4)
             add(f"ready when: {spec.ready.describe()}", 6)
+            if spec.health is not None:
+                health = spec.health
+                add(
+                    f"health: {health.describe()} every "
+                    f"{format_duration(health.interval)}; degraded after "
+                    f"{plural(health.threshold, 'failure')}",
+                    6,
+                )
+            if spec.heartbeat is not None:
+                heartbeat = spec.heartbeat
+                add(
+                    f"heartbeat: every {format_duration(heartbeat.interval)} "
+                    f"at most ({heartbeat.via})",
+                    6,
+                )
+            if spec.network != "host" or spec.root or spec.user:
+                needs = [f"network {spec.network}"] if spec.network != "host" else []
+                needs += ["root"] if spec.root else []
+                needs += [f"user {spec.user}"] if spec.user else []
+                add(f"needs: {', '.join(needs)}", 6)
             restart = spec.restart
             policy = restart.policy
             if policy != "never":
@@ -237,11 +274,13 @@ def plan_text(plan: Any, width: int = 80) -> str:
             f"{e.src} {'=>' if e.hard else '->'} {e.dst or '(absent)'}"
             for e in plan.edges
         ]
-        kinds = [f"[{e.kind}]" for e in plan.edges]
+        kinds = [f"[{e.kind}{' healthy' if e.healthy else ''}]" for e in plan.edges]
         head_width = max(len(head) for head in heads)
         kind_width = max(len(kind) for kind in kinds)
         for edge, head, kind in zip(plan.edges, heads, kinds, strict=True):
             field_name = "sidecars" if edge.kind == "sidecar" else edge.kind
+            if edge.healthy:
+                field_name = "requires_healthy"
             add(
                 f"{head.ljust(head_width)}  {kind.ljust(kind_width)}  "
                 f'{local(edge.file)}: {field_name} "{edge.via}"',

@@ -474,22 +474,26 @@ def test_plan_text_of_the_demo_fits_80_columns() -> None:
     waves = lines[start + 1 :]
     assert waves[0] == "  wave 1"
     assert waves[1].startswith("    crashy: ")
-    assert waves[2] == "      ready when: process started"
-    assert waves[3] == (
-        "      restart: on-failure, 10 starts in 1m00s; on failure: degrade"
-    )
+    assert "      ready when: notify (sends READY=1)" in lines
+    assert "      restart: on-failure, 10 starts in 1m00s; on failure: degrade" in lines
     assert "      ready when: tcp 127.0.0.1:8421" in lines
-    assert "      ready when: log /fetched n=/" in lines
+    assert "      ready when: log /line 1:/" in lines
+    assert "      ready when: handshake (says ready on the contract socket)" in lines
+    assert "      heartbeat: every 6.0s at most (contract)" in lines
     second = lines.index("  wave 2")
-    assert [line.split(":")[0] for line in lines[second + 1 : second + 7 : 3]] == [
+    names = [
+        line for line in lines[second:] if line.startswith("    ") and ": " in line
+    ]
+    assert [line.split(":")[0] for line in names if not line.startswith("      ")] == [
         "    chatty",
         "    worker",
     ]
     assert "  http: web (only provider)" in lines
     for edge in (
-        '  chatty -> web       [after]     chatty.toml: after "web"',
-        '  worker => web       [requires]  worker.toml: requires "http"',
-        '  worker -> (absent)  [wants]     worker.toml: wants "cache"',
+        '  chatty -> web       [after]             chatty.toml: after "web"',
+        "  worker => web       [requires healthy]  "
+        'worker.toml: requires_healthy "http"',
+        '  worker -> (absent)  [wants]             worker.toml: wants "cache"',
     ):
         assert edge in lines
     assert lines[-1] == (
