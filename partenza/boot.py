@@ -116,11 +116,33 @@ def boot(
             return EXIT_PLAN_INVALID
         took = time.monotonic() - started
         _announce(console, plan, plan_dir, cached, took, socket, state_dir)
+        fallback = _fallback_plan(plan, state_dir, console, use_cache)
 
         # Supervise until a shutdown has run its course.
-        return asyncio.run(_run(plan, str(plan_dir), console, state_dir, socket))
+        return asyncio.run(
+            _run(plan, str(plan_dir), console, state_dir, socket, fallback)
+        )
     finally:
         console.close()
+
+
+def _fallback_plan(
+    plan: Plan, state_dir: Path, console: Console, use_cache: bool
+) -> Plan | None:
+    """The fallback plan, compiled now: better to learn at boot that it is broken."""
+    if plan.fallback is None:
+        return None
+    try:
+        fallback, _ = load_plan(Path(plan.fallback), state_dir, use_cache=use_cache)
+    except PartenzaError as exc:
+        for problem in getattr(exc, "problems", []):
+            console.line("warn", str(problem))
+        console.line(
+            "warn", f"partenza: the fallback plan {plan.fallback} cannot be used: {exc}"
+        )
+        return None
+    console.line("info", f"fallback plan: {fallback.name} ({plan.fallback})")
+    return fallback
 
 
 def _announce(
@@ -146,12 +168,22 @@ def _announce(
 
 
 async def _run(
-    plan: Plan, source: str, console: Console, state_dir: Path, socket: Path
+    plan: Plan,
+    source: str,
+    console: Console,
+    state_dir: Path,
+    socket: Path,
+    fallback: Plan | None,
 ) -> int:
     orchestrator = Orchestrator(
-        plan, state_dir=state_dir, source=source, runtime_dir=socket.parent
+        plan,
+        state_dir=state_dir,
+        source=source,
+        runtime_dir=socket.parent,
+        fallback=fallback,
     )
     orchestrator.bus.subscribe(console)
+    orchestrator.console_line = console.line
     seat = Seat(orchestrator, console, socket, find_terminal(plan.console.tty))
     seat.attach()
     server = ControlServer(orchestrator, socket)

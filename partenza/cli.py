@@ -188,6 +188,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = _compile(args, use_cache=not args.no_cache)
     if plan is None:
         return EXIT_FAILED
+    if args.fail:
+        return _what_if(args, plan)
     if args.json:
         import json
 
@@ -200,6 +202,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 # Commands that talk to a running orchestrator.
+
+
+def _what_if(args: argparse.Namespace, plan: Any) -> int:
+    from partenza.errors import did_you_mean
+    from partenza.whatif import describe, what_if
+
+    if args.fail not in plan.modules:
+        guess = did_you_mean(args.fail, plan.modules)
+        return _fail(
+            f"no module {args.fail!r} in the plan",
+            f"did you mean {guess!r}?" if guess else "`partenza plan` lists them",
+        )
+    outcome = what_if(plan, args.fail)
+    if args.json:
+        return _print_json(outcome.to_json())
+    print("\n".join(describe(plan, outcome)))
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -420,6 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("plan", metavar="PLAN")
     sub.add_argument("--json", action="store_true", help="the compiled plan as JSON")
     sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
+    sub.add_argument(
+        "--fail",
+        metavar="MODULE",
+        help="what if MODULE failed for good: what is blocked, what fails over",
+    )
     sub = command("status", cmd_status, "the system and its modules, or one module")
     sub.add_argument("module", metavar="MODULE", nargs="?")
     sub.add_argument("--json", action="store_true")

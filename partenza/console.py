@@ -27,6 +27,7 @@ TAGS = {
     "depend": ("DEPEND", "33"),
     "info": (" INFO ", "36"),
     "wait": (" WAIT ", "36"),
+    "log": ("  LOG ", "2"),
 }
 HELD_LINES = 200
 """Lines kept back while another program has the console."""

@@ -86,12 +86,25 @@ class Session:
         self.module = module
         self.writer = writer
         self.validates = False
+        self.role: str | None = None
+        """What a built-in sidecar said it is: `verifier`, `metrics`, `logger`."""
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next = 0
 
     async def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(json.dumps(message).encode() + b"\n")
+        self.post(message)
         await self.writer.drain()
+
+    def post(self, message: dict[str, Any]) -> None:
+        """Queue a message without waiting for it to be read."""
+        if not self.writer.is_closing():
+            self.writer.write(json.dumps(message).encode() + b"\n")
+
+    @property
+    def backlog(self) -> int:
+        """Bytes written to the module that it has not read yet."""
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() if transport else 0
 
     async def validate(self, timeout: float) -> dict[str, Any]:
         """Ask the module to check its configuration; its answer, or a failure."""
@@ -216,6 +229,8 @@ class ContractServer:
         module = hello.get("module") if isinstance(hello.get("module"), str) else None
         session = Session(module or "?", writer)
         session.validates = bool(hello.get("validate"))
+        role = hello.get("role")
+        session.role = role if isinstance(role, str) else None
         answer = self.listener.contract_hello(hello, session)
         if isinstance(answer, str):
             await _refuse(writer, answer)

@@ -416,6 +416,9 @@ class Manifest(_Strict):
     sidecar: bool = False
     """This module is a sidecar: it runs only for the target that names it in
     `sidecars`, and cannot have sidecars of its own."""
+    binding: Literal["loose", "tight"] = "loose"
+    """For a sidecar: `loose`, its failure restarts only itself; `tight`, its
+    target is restarted with it."""
     critical: bool = False
     """The system cannot run without this module: when it fails for good the
     system enters rescue and the bluescreen takes the console."""
@@ -448,11 +451,14 @@ class Manifest(_Strict):
     """The restart policy, its backoff and its start limit."""
     stop: Stop = Stop()
     """The stop signal and timeout."""
-    on_failure: Literal["degrade", "failover", "shutdown", "bluescreen"] | None = None
+    on_failure: (
+        Literal["degrade", "failover", "shutdown", "bluescreen", "fallback"] | None
+    ) = None
     """What to do once the module has failed for good: `degrade` (keep the rest
     running, mark the system degraded), `failover` (start the next provider of
-    its capabilities), `shutdown` (stop the system in order) or `bluescreen`
-    (enter rescue on the console). Defaults to `bluescreen` for a critical
+    its capabilities), `shutdown` (stop the system in order), `bluescreen`
+    (enter rescue on the console) or `fallback` (stop this plan in order and
+    boot the plan's fallback plan). Defaults to `bluescreen` for a critical
     module and `degrade` otherwise."""
 
     @field_validator("api_version")
@@ -579,6 +585,10 @@ class PlanSettings(_Strict):
     of its providers."""
     logs: LogSettings = LogSettings()
     """How module output is kept."""
+    fallback: str | None = None
+    """A plan folder (relative to this one) to boot instead when a module's
+    `on_failure = "fallback"` fires: a minimal plan, say the logger, the
+    console and the rescue path."""
     console: ConsoleSettings = ConsoleSettings()
     """Who has the console while the plan runs."""
     rescue: RescueSettings = RescueSettings()

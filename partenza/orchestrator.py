@@ -61,6 +61,7 @@ from partenza.contract import (
     notify_path,
 )
 from partenza.events import EventBus
+from partenza.fallback import CAPABILITY, LOGGER_ROLE, FallbackLogger, LogRouter
 from partenza.health import ReadyCheck, probe
 from partenza.logs import ModuleLog, PipeReader
 from partenza.plan import Edge, ModuleSpec, Plan, unmet_requirements
@@ -163,6 +164,10 @@ class Unit:
         """Why this orchestrator cannot run the module as its manifest asks."""
         self.main_pid: int | None = None
         """A main process the module named with MAINPID=, when not its own."""
+        self.owner: str | None = None
+        """For a sidecar: the target it is bound to."""
+        self.verified: asyncio.Future[str] | None = None
+        self.metrics: dict[str, Any] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -186,8 +191,8 @@ class Orchestrator:
         extra_env: dict[str, str] | None = None,
         source: str | None = None,
         runtime_dir: Path | None = None,
+        fallback: Plan | None = None,
     ) -> None:
-        self.plan = plan
         self.runtime_dir = runtime_dir
         self.contract: ContractServer | None = None
         self._netns_checked = False
@@ -198,8 +203,41 @@ class Orchestrator:
         self.state_dir = state_dir
         self.bus = EventBus()
         self.processes = processes or ProcessManager()
+        self._dirty: dict[str, None] = {}
+        self._drain_scheduled = False
+        self._waiters: list[
+            tuple[Unit, Callable[[Unit], bool], asyncio.Future[None]]
+        ] = []
+        self._base_env = {
+            k: v for k, v in os.environ.items() if not k.startswith("PARTENZA_")
+        }
+        self._base_env.update(extra_env or {})
+        self._finished = asyncio.Event()
+        self.shutting_down = False
+        self.rescue: str | None = None
+        self.exit_code = EXIT_OK
+        self.action = "exit"
+        """What ends the run: `exit`, `poweroff` or `reboot`."""
+        self.finishing: list[Callable[[], Awaitable[None]]] = []
+        """Run once every module has stopped, before the last sweep."""
+        self.console_line: Callable[[str, str], None] | None = None
+        """Writes a tagged line on the console; set by whoever owns it."""
+        self.fallback_plan = fallback
+        """The plan to boot when a module's `on_failure = "fallback"` fires."""
+        self.fallback_of: str | None = None
+        """The plan this fallback plan took over from, and why."""
+        self.fallback_reason: str | None = None
+        self._switch_to: Plan | None = None
+        self.router: LogRouter | None = None
+        self.system = "starting"
+        self.system_reason = f"booting plan {plan.name}"
+        self._load(plan)
+
+    def _load(self, plan: Plan) -> None:
+        """Make the units of `plan`, none of them started yet."""
+        self.plan = plan
         self.providers = {cap: list(names) for cap, names in plan.providers.items()}
-        log_dir = state_dir / "logs" if state_dir else None
+        log_dir = self.state_dir / "logs" if self.state_dir else None
         standby = set(plan.standby)
         self.units: dict[str, Unit] = {
             name: Unit(
@@ -214,30 +252,25 @@ class Orchestrator:
         for edge in plan.edges:
             self._edges_from[edge.src].append(edge)
         self._dependents: dict[str, set[str]] = {}
+        self._bind_sidecars()
         self._rebuild_dependents()
         self._counts: Counter[str] = Counter(u.state for u in self.units.values())
-        self._dirty: dict[str, None] = {}
-        self._drain_scheduled = False
         self._pending_boot = {u.name for u in self.units.values() if u.target == "up"}
-        self._waiters: list[
-            tuple[Unit, Callable[[Unit], bool], asyncio.Future[None]]
-        ] = []
-        self._base_env = {
-            k: v for k, v in os.environ.items() if not k.startswith("PARTENZA_")
-        }
-        self._base_env.update(extra_env or {})
-        self._finished = asyncio.Event()
-        self.system = "starting"
-        self.system_reason = f"booting plan {plan.name}"
         self.boot_started = time.time()
         self.boot_took: float | None = None
-        self.shutting_down = False
-        self.rescue: str | None = None
-        self.exit_code = EXIT_OK
-        self.action = "exit"
-        """What ends the run: `exit`, `poweroff` or `reboot`."""
-        self.finishing: list[Callable[[], Awaitable[None]]] = []
-        """Run once every module has stopped, before the last sweep."""
+        if self.router is not None:
+            self.router.fallback.close()
+        self.router = None
+        if CAPABILITY in plan.providers:
+            self.router = LogRouter(
+                FallbackLogger(
+                    self.state_dir / "fallback.log" if self.state_dir else None,
+                    self._console,
+                    kmsg=os.getpid() == 1,
+                )
+            )
+        for unit in self.units.values():
+            self._route(unit)
 
     # The lifecycle of the orchestrator itself.
 
@@ -263,6 +296,8 @@ class Orchestrator:
         for finish in self.finishing:
             await finish()
         await self._final_sweep()
+        if self.router is not None:
+            self.router.fallback.close()
         for unit in self.units.values():
             unit.log.close()
         self.processes.uninstall()
@@ -289,6 +324,43 @@ class Orchestrator:
             unit.down_reason = "shutting down"
             self._mark(unit)
         self._check_finished()
+
+    def fall_back(self, reason: str) -> bool:
+        """Stop this plan in order and boot the fallback plan; False if there
+        is none to boot (or a switch or a shutdown is already under way)."""
+        plan = self.fallback_plan
+        if plan is None or self._switch_to is not None or self.shutting_down:
+            return False
+        log.warning("switching to the fallback plan %s: %s", plan.name, reason)
+        self._switch_to = plan
+        self.fallback_reason = reason
+        self.bus.publish("fallback", plan=plan.name, frm=self.plan.name, reason=reason)
+        self._set_system("stopping", f"switching to {plan.name}: {reason}")
+        for unit in self.units.values():
+            unit.target = "down"
+            unit.down_reason = f"switching to the fallback plan {plan.name}"
+            self._mark(unit)
+        return True
+
+    def _take_fallback(self) -> None:
+        """Every module of the old plan has stopped: boot the fallback plan."""
+        plan = self._switch_to
+        assert plan is not None
+        self._switch_to = None
+        self.fallback_of = self.plan.name
+        self.fallback_plan = None
+        for unit in self.units.values():
+            unit.log.close()
+        self.rescue = None
+        self.source = plan.dir
+        self._load(plan)
+        reason = f"booting the fallback plan {plan.name} ({self.fallback_reason})"
+        self.bus.publish("plan", plan=plan.name, reason=reason, frm=self.fallback_of)
+        self._set_system("starting", reason)
+        for unit in self.units.values():
+            self._mark(unit)
+        if not self._pending_boot:
+            self._boot_finished()
 
     async def _final_sweep(self) -> None:
         """End every descendant still alive after the modules have stopped."""
@@ -396,6 +468,7 @@ class Orchestrator:
             unit.unmet = self._unmet(unit.spec)
             unit.path = self._manifest_path(unit.spec)
             self.units[name] = unit
+            self._route(unit)
             self._counts[unit.state] += 1
             self.bus.publish("added", module=name, record=self.record(unit))
         for name in changes["changed"]:
@@ -407,6 +480,7 @@ class Orchestrator:
                 unit.standby, unit.target = True, "down"
             elif name not in standby and unit.standby:
                 unit.standby, unit.target = False, "up"
+        self._bind_sidecars()
         self._rebuild_dependents()
         for unit in list(self.units.values()):
             self._mark(unit)
@@ -530,15 +604,34 @@ class Orchestrator:
             self._step(unit)
             if unit.removing and not unit.busy:
                 self._forget(unit)
+        if self._switch_to is not None and not any(u.busy for u in self.units.values()):
+            self._take_fallback()
         self._update_system()
         if self.shutting_down:
             self._check_finished()
 
     def _step(self, unit: Unit) -> None:
+        if unit.owner is not None and not self.shutting_down:
+            self._follow_owner(unit)
         if unit.target == "up":
             self._step_up(unit)
         else:
             self._step_down(unit)
+
+    def _follow_owner(self, sidecar: Unit) -> None:
+        """A sidecar runs while its target runs, or is about to."""
+        owner = self.units.get(sidecar.owner or "")
+        if owner is None:
+            return
+        finished = owner.state == STOPPED and owner.completed and not owner.busy
+        blocked_elsewhere = owner.state == BLOCKED and owner.blocked_by != sidecar.name
+        wanted = owner.target == "up" and owner.state != FAILED
+        if wanted and not finished and not blocked_elsewhere:
+            sidecar.target = "up"
+            return
+        if sidecar.target == "up":
+            sidecar.target = "down"
+            sidecar.down_reason = f"its target {owner.name} is {owner.state}"
 
     def _step_up(self, unit: Unit) -> None:
         if unit.child is not None:
@@ -608,6 +701,19 @@ class Orchestrator:
                     waiting.append(f"{target.name} to be healthy")
                     continue
                 if target.state == FAILED:
+                    providers = self.providers.get(edge.via)
+                    if providers and edge.via != target.name:
+                        if all(self.units[n].state == FAILED for n in providers):
+                            failed = ", ".join(sorted(providers))
+                            reason = (
+                                f"requires {edge.via}: no provider left "
+                                f"({failed} failed)"
+                            )
+                        else:
+                            reason = (
+                                f"requires {edge.via} ({target.name}), which failed"
+                            )
+                        return "blocked", reason, target.name
                     return (
                         "blocked",
                         f"requires {target.name}, which failed",
@@ -647,7 +753,7 @@ class Orchestrator:
         unit.token = secrets.token_hex(16)
         unit.stopping = unit.killed = unit.hung = unit.unhealthy = False
         unit.health, unit.health_detail = "unknown", ""
-        unit.status_text = unit.main_pid = unit.last_heartbeat = None
+        unit.status_text = unit.main_pid = unit.last_heartbeat = unit.verified = None
         wants_notify = spec.ready.kind == "notify" or (
             spec.heartbeat is not None and spec.heartbeat.via == "watchdog"
         )
@@ -714,6 +820,17 @@ class Orchestrator:
             env["WATCHDOG_USEC"] = str(int(heartbeat.interval * 1_000_000))
         return env
 
+    def _console(self, tag: str, text: str) -> None:
+        if self.console_line is not None:
+            self.console_line(tag, text)
+
+    def _route(self, unit: Unit) -> None:
+        """Send the unit's output to the plan's logging module, or the fallback."""
+        router = self.router
+        if router is not None:
+            name = unit.name
+            unit.log.subscribe(lambda line: router.line(name, line))
+
     def _manifest_path(self, spec: ModuleSpec) -> str:
         return str(Path(self.plan.dir) / Path(spec.file).name)
 
@@ -771,9 +888,20 @@ class Orchestrator:
                 unit.log.note(error)
                 self._terminate(unit)
         elif not unit.stopping:
-            unit.ready_at = time.time()
-            took = time.monotonic() - child.started
-            self._set(unit, READY, ready.result(), ready_in=round(took, 4))
+            # A target with a verifier sidecar is ready once it is verified.
+            how, problem = await self._verification(unit, child, ready.result())
+            if problem is not None:
+                if child.running:
+                    stage, error = "ready check", problem
+                    unit.log.note(problem)
+                    self._terminate(unit)
+            elif not unit.stopping and child.running:
+                unit.ready_at = time.time()
+                took = time.monotonic() - child.started
+                self._set(unit, READY, how, ready_in=round(took, 4))
+            elif not child.running and not unit.stopping:
+                stage = "starting"
+        if stage == "running" and unit.state == READY:
             self._arm_heartbeat(unit)
             if spec.health is not None:
                 unit.health_task = asyncio.get_running_loop().create_task(
@@ -816,6 +944,58 @@ class Orchestrator:
             unit.session.close()
             unit.session = None
         self._ended(unit, status, stage, error)
+
+    async def _verification(
+        self, unit: Unit, child: Child, how: str
+    ) -> tuple[str, str | None]:
+        """Wait for a verifier sidecar's word, if the unit has one: how it became
+        ready, and the problem if it was not verified."""
+        verifiers = [
+            sidecar.name
+            for sidecar in self._sidecars(unit)
+            if sidecar.session is not None and sidecar.session.role == "verifier"
+        ]
+        if not verifiers:
+            return how, None
+        # Ask now, when the target would otherwise count as ready.
+        unit.verified = asyncio.get_running_loop().create_future()
+        for sidecar in self._sidecars(unit):
+            if sidecar.session is not None and sidecar.session.role == "verifier":
+                sidecar.session.post(
+                    {**self._target_message(unit), "state": "verifying"}
+                )
+        timeout = unit.spec.ready.timeout - (time.monotonic() - child.started)
+        verified = asyncio.ensure_future(asyncio.shield(unit.verified))
+        done, _ = await asyncio.wait(
+            {verified, child.exited},
+            timeout=max(0.05, timeout),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if verified not in done:
+            verified.cancel()
+            if not child.running:
+                return how, None
+            return how, f"not verified by {', '.join(verifiers)} in time"
+        try:
+            word = verified.result()
+        except ValueError as refusal:
+            return how, str(refusal)
+        return f"{how}; {word}", None
+
+    def _tell_sidecars(self, unit: Unit) -> None:
+        """Let the sidecars of `unit` know where their target stands."""
+        for sidecar in self._sidecars(unit):
+            if sidecar.session is not None:
+                sidecar.session.post(self._target_message(unit))
+
+    def _target_message(self, unit: Unit) -> dict[str, Any]:
+        return {
+            "type": "target",
+            "module": unit.name,
+            "state": unit.state,
+            "pid": unit.pid,
+            "generation": unit.generation,
+        }
 
     # Signs of life and health, once a module is ready.
 
@@ -951,6 +1131,16 @@ class Orchestrator:
         unit.log.note(f"welcomed on the contract socket (API {version})")
         log.info("%s: welcomed on the contract socket (API %s)", unit.name, version)
         self.bus.publish("contract", module=unit.name, welcomed=True, api=version)
+        owner = self.units.get(unit.owner or "")
+        if owner is not None:
+            asyncio.get_running_loop().call_soon(
+                lambda: session.post(self._target_message(owner))
+            )
+        router = self.router
+        logs = CAPABILITY in (unit.name, *unit.spec.provides)
+        if router is not None and session.role == LOGGER_ROLE and logs:
+            log.info("%s: receives every module's output", unit.name)
+            asyncio.get_running_loop().call_soon(router.attach, session, unit.name)
         heartbeat = unit.spec.heartbeat
         interval = (
             heartbeat.interval if heartbeat and heartbeat.via == "contract" else None
@@ -974,6 +1164,13 @@ class Orchestrator:
         unit = self.units.get(session.module)
         if unit is not None and unit.session is session:
             unit.session = None
+        if self.router is not None:
+            if self.router.session is session:
+                log.warning(
+                    "%s: the logging module is gone; output goes to the fallback",
+                    session.module,
+                )
+            self.router.detach(session)
 
     def contract_message(self, session: Session, message: dict[str, Any]) -> None:
         unit = self.units.get(session.module)
@@ -988,8 +1185,66 @@ class Orchestrator:
             self._status(unit, str(message.get("text", "")))
         elif kind == "stopping":
             unit.log.note("says it is stopping")
+        elif kind == "verify":
+            self._verify(unit, session, message)
+        elif kind == "metrics":
+            self._metrics(unit, message)
+        elif kind == "ack" and self.router is not None:
+            if self.router.session is session and isinstance(message.get("seq"), int):
+                self.router.ack(message["seq"])
         else:
             log.debug("%s: ignored a contract message of type %r", unit.name, kind)
+
+    def _verify(
+        self, verifier: Unit, session: Session, message: dict[str, Any]
+    ) -> None:
+        """A verifier sidecar vouches for its target's process and token."""
+        target = self.units.get(verifier.owner or "")
+        if target is None or message.get("target") != target.name:
+            session.post(
+                {
+                    "type": "verified",
+                    "ok": False,
+                    "reason": "you verify only your target",
+                }
+            )
+            return
+        child = target.child
+        if child is None or message.get("pid") != child.pid:
+            problem = f"pid {message.get('pid')} is not {target.name}'s process"
+        elif message.get("token") != target.token:
+            problem = "the token in its environment is not the token of this start"
+        else:
+            problem = None
+        session.post(
+            {
+                "type": "verified",
+                "target": target.name,
+                "ok": problem is None,
+                "reason": problem,
+            }
+        )
+        if target.verified is None or target.verified.done():
+            return
+        if problem is None:
+            target.verified.set_result(f"verified by {verifier.name}")
+        else:
+            target.verified.set_exception(
+                ValueError(f"{verifier.name} did not verify it: {problem}")
+            )
+
+    def _metrics(self, sidecar: Unit, message: dict[str, Any]) -> None:
+        """Figures a metrics sidecar sampled from its target."""
+        target = self.units.get(sidecar.owner or "")
+        if target is None:
+            return
+        figures = {
+            key: message[key]
+            for key in ("cpu", "rss", "open_files", "processes", "threads")
+            if isinstance(message.get(key), int | float)
+        }
+        target.metrics = {**figures, "time": time.time(), "by": sidecar.name}
+        self.bus.publish("metrics", module=target.name, by=sidecar.name, **figures)
 
     def _said_ready(self, unit: Unit, how: str) -> None:
         check = unit.check
@@ -1084,7 +1339,23 @@ class Orchestrator:
         described = error or (status.describe() if status else "ended")
         if status is not None:
             unit.last_exit = status.describe()
+        asked_to_restart = unit.stopping and unit.restart_after_stop
+        self._decide(unit, status, stage, described)
+        # A sidecar restarts with its target; a tight one takes its target along.
+        if unit.state == RESTARTING or asked_to_restart:
+            for sidecar in self._sidecars(unit):
+                if sidecar.child is not None and not sidecar.stopping:
+                    sidecar.restart_after_stop = True
+                    self._stop(sidecar, f"restarting with {unit.name}")
+        owner = self.units.get(unit.owner or "")
+        tight = unit.spec.binding == "tight" and unit.state in (RESTARTING, FAILED)
+        if owner is not None and tight and owner.child and not owner.stopping:
+            owner.restart_after_stop = unit.state == RESTARTING
+            self._stop(owner, f"its sidecar {unit.name} ended")
 
+    def _decide(
+        self, unit: Unit, status: ExitStatus | None, stage: str, described: str
+    ) -> None:
         # A stop that was asked for.
         if unit.stopping:
             unit.stopping = False
@@ -1182,6 +1453,10 @@ class Orchestrator:
             if self._failover(unit):
                 return
             strategy = "bluescreen" if unit.spec.critical else "degrade"
+        if strategy == "fallback" and not self.fall_back(
+            f"{unit.name} failed: {error}"
+        ):
+            strategy = "bluescreen" if unit.spec.critical else "degrade"
         if strategy == "shutdown":
             self.shutdown(f"{unit.name} failed: {error}", code=EXIT_MODULE_FAILED)
         elif strategy == "bluescreen":
@@ -1205,8 +1480,28 @@ class Orchestrator:
             successor.target = "up"
             successor.standby = False
             successors.append(successor)
+            # Dependents still running were talking to the failed provider:
+            # restart them, to start again once the successor is ready.
+            repointed = []
+            for dependent in self.units.values():
+                via = [
+                    e
+                    for e in self._edges_from.get(dependent.name, ())
+                    if e.hard and e.via == capability
+                ]
+                if via and dependent.child is not None and not dependent.stopping:
+                    dependent.restart_after_stop = True
+                    self._stop(
+                        dependent,
+                        f"{capability} moved from {unit.name} to {successor.name}",
+                    )
+                    repointed.append(dependent.name)
             log.info(
-                "%s: failing over from %s to %s", capability, unit.name, successor.name
+                "%s: failing over from %s to %s%s",
+                capability,
+                unit.name,
+                successor.name,
+                f"; restarting {', '.join(repointed)} on it" if repointed else "",
             )
             self.bus.publish(
                 "failover",
@@ -1214,6 +1509,7 @@ class Orchestrator:
                 failed=unit.name,
                 provider=successor.name,
                 reason=f"{unit.name} failed",
+                dependents=repointed,
             )
         if successors:
             self._rebuild_dependents()
@@ -1233,6 +1529,20 @@ class Orchestrator:
         for edge in self._edges_from.get(unit.name, ()):
             name = edge.via if edge.kind == "sidecar" else self._resolve(edge.via)
             yield edge, self.units.get(name) if name else None
+
+    def _bind_sidecars(self) -> None:
+        for unit in self.units.values():
+            unit.owner = None
+        for edge in self.plan.edges:
+            if edge.kind == "sidecar" and edge.via in self.units:
+                self.units[edge.via].owner = edge.src
+
+    def _sidecars(self, unit: Unit) -> list[Unit]:
+        return [
+            self.units[edge.via]
+            for edge in self._edges_from.get(unit.name, ())
+            if edge.kind == "sidecar" and edge.via in self.units
+        ]
 
     def _rebuild_dependents(self) -> None:
         self._dependents = {name: set() for name in self.units}
@@ -1301,6 +1611,8 @@ class Orchestrator:
             waited, wanted, future = entry
             if waited is unit and not future.done() and wanted(unit):
                 future.set_result(None)
+        if old != state:
+            self._tell_sidecars(unit)
         self._touch(unit)
 
     def _forget(self, unit: Unit) -> None:
@@ -1318,7 +1630,7 @@ class Orchestrator:
         self.bus.publish("boot", took=round(self.boot_took, 4), counts=counts)
 
     def _update_system(self) -> None:
-        if self.shutting_down:
+        if self.shutting_down or self._switch_to is not None:
             return
         if self.rescue:
             self._set_system("rescue", f"{self.rescue} failed and is critical")
@@ -1392,6 +1704,8 @@ class Orchestrator:
             "main_pid": unit.main_pid,
             "network": spec.network,
             "unmet": unit.unmet,
+            "owner": unit.owner,
+            "metrics": unit.metrics,
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -1413,6 +1727,9 @@ class Orchestrator:
             "boot_took": self.boot_took,
             "pid": os.getpid(),
             "rescue": self.rescue,
+            "fallback_of": self.fallback_of,
+            "fallback_reason": self.fallback_reason,
+            "fallback_plan": self.fallback_plan.name if self.fallback_plan else None,
             "counts": {state: count for state, count in self._counts.items() if count},
             "providers": {cap: list(names) for cap, names in self.providers.items()},
         }

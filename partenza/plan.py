@@ -26,7 +26,7 @@ from typing import Any
 
 from partenza.errors import PlanError, Problem, suggestion
 
-COMPILER_VERSION = 3
+COMPILER_VERSION = 5
 """Bumped whenever the compiled form changes, so old cache entries are missed."""
 SETTINGS_FILE = "plan.toml"
 EDGE_KINDS = ("requires", "wants", "after", "sidecar")
@@ -172,6 +172,7 @@ class ModuleSpec:
     after: tuple[str, ...] = ()
     sidecars: tuple[str, ...] = ()
     sidecar: bool = False
+    binding: str = "loose"
     critical: bool = False
     priority: int = 0
     ready: ReadySpec = ReadySpec()
@@ -239,6 +240,8 @@ class Plan:
     logs: LogSpec = LogSpec()
     console: ConsoleSpec = ConsoleSpec()
     rescue: RescueSpec = RescueSpec()
+    fallback: str | None = None
+    """The fallback plan's folder, absolute."""
 
     @property
     def active(self) -> list[str]:
@@ -321,6 +324,7 @@ class Plan:
             logs=LogSpec(**data["logs"]),
             console=ConsoleSpec(**data["console"]),
             rescue=RescueSpec(**data["rescue"]),
+            fallback=data["fallback"],
         )
 
 
@@ -428,6 +432,34 @@ def compile_plan(folder: Path | str) -> Plan:
     problems += compiler.problems
     if problems:
         raise PlanError(problems)
+    fallback = None
+    if settings and settings.fallback:
+        folder_of_fallback = (base / settings.fallback).resolve()
+        shown_settings = _shown(folder, settings_path) if settings_path else "plan.toml"
+        if folder_of_fallback == base:
+            problems.append(
+                Problem(shown_settings, "fallback", "a plan cannot be its own fallback")
+            )
+        elif not folder_of_fallback.is_dir():
+            problems.append(
+                Problem(
+                    shown_settings, "fallback", f"no such folder: {folder_of_fallback}"
+                )
+            )
+        else:
+            fallback = str(folder_of_fallback)
+    if fallback is None:
+        for spec in modules.values():
+            if spec.on_failure == "fallback":
+                problems.append(
+                    Problem(
+                        spec.file,
+                        "on_failure",
+                        "fallback needs a fallback plan: set fallback in plan.toml",
+                    )
+                )
+    if problems:
+        raise PlanError(problems)
     logs = settings.logs if settings else mf.LogSettings()
     console = settings.console if settings else mf.ConsoleSettings()
     rescue = settings.rescue if settings else mf.RescueSettings()
@@ -450,6 +482,7 @@ def compile_plan(folder: Path | str) -> Plan:
             file_keep=logs.file_keep,
         ),
         console=ConsoleSpec(mode=console.mode, tty=console.tty),
+        fallback=fallback,
         rescue=RescueSpec(shell=rescue.shell, empty_password=rescue.empty_password),
     )
 
@@ -570,6 +603,7 @@ def _compile_module(
         after=tuple(manifest.after),
         sidecars=tuple(manifest.sidecars),
         sidecar=manifest.sidecar,
+        binding=manifest.binding,
         critical=manifest.critical,
         priority=manifest.priority,
         ready=ready_spec,

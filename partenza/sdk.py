@@ -62,13 +62,16 @@ class Module:
         path: str | None = None,
         api: str = API_VERSION,
         capabilities: Iterable[str] = (),
+        role: str | None = None,
     ) -> None:
         self.name = name or os.environ.get("PARTENZA_MODULE", "")
         self.token = token or os.environ.get("PARTENZA_TOKEN", "")
         self.path = path or os.environ.get("PARTENZA_SOCKET", "")
         self.api = api
         self.capabilities = list(capabilities)
+        self.role = role
         self.welcome: dict[str, Any] = {}
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {}
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._validator: Callable[[], list[str]] | None = None
@@ -79,6 +82,16 @@ class Module:
         of problems, empty when the configuration is sound. Set before
         `connect()`, so that the hello says this module can validate."""
         self._validator = handler
+
+    def on(self, kind: str, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Call `handler(message)` for each message of type `kind` the
+        orchestrator sends (`target`, `verified`, `log`), from the listening
+        thread."""
+        self._handlers[kind] = handler
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send any contract message (`verify`, `metrics`, `ack`)."""
+        self._send(message)
 
     def connect(self, timeout: float = 10.0) -> dict[str, Any]:
         """Say hello and wait for the welcome; return it.
@@ -109,6 +122,7 @@ class Module:
                 "api": self.api,
                 "capabilities": self.capabilities,
                 "validate": self._validator is not None,
+                **({"role": self.role} if self.role else {}),
             }
         )
         answer = self._receive()
@@ -171,8 +185,11 @@ class Module:
                 message = self._receive()
             except ContractError:
                 return
-            if message.get("type") == "validate":
+            kind = message.get("type")
+            if kind == "validate":
                 self._answer_validate(message.get("id"))
+            elif isinstance(kind, str) and kind in self._handlers:
+                self._handlers[kind](message)
 
     def _answer_validate(self, number: Any) -> None:
         try:

@@ -64,7 +64,7 @@ SCHEMA_CASES = [
         "zzqqxx",
         "unknown key; expected one of: name, description, api_version, "
         "compatibility, exec, env, workdir, user, group, provides, requires, "
-        "wants, after, sidecars, sidecar, critical, priority, ready, heartbeat, "
+        "wants, after, sidecars, sidecar, binding, critical, priority, ready, heartbeat, "
         "health, requires_healthy, check, check_timeout, network, root, restart, "
         "stop, on_failure",
         id="unknown-key-no-near-match",
@@ -259,8 +259,8 @@ SCHEMA_CASES = [
     pytest.param(
         'exec = "true"\non_failure = "degrad"\n',
         "on_failure",
-        "expected one of 'degrade', 'failover', 'shutdown' or 'bluescreen', got "
-        "'degrad' (did you mean 'degrade'?)",
+        "expected one of 'degrade', 'failover', 'shutdown', 'bluescreen' or "
+        "'fallback', got 'degrad' (did you mean 'degrade'?)",
         id="on-failure",
     ),
     pytest.param(
