@@ -1599,6 +1599,14 @@ class Orchestrator:
             reason=reason,
             pid=unit.pid,
             restarts=unit.restarts,
+            target=unit.target,
+            standby=unit.standby,
+            blocked_by=unit.blocked_by if state == BLOCKED else None,
+            last_exit=unit.last_exit,
+            started_at=unit.started_at,
+            ready_at=unit.ready_at,
+            health=unit.health if unit.spec.health else None,
+            **({"failure": unit.failure} if state == FAILED else {}),
             **extra,
         )
         if unit.name in self._pending_boot and (

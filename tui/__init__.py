@@ -1,0 +1,1 @@
+"""`partenza top`: the Textual app that watches and steers a live system."""
