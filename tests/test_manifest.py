@@ -64,9 +64,9 @@ SCHEMA_CASES = [
         "zzqqxx",
         "unknown key; expected one of: name, description, api_version, "
         "compatibility, exec, env, workdir, user, group, provides, requires, "
-        "wants, after, sidecars, sidecar, binding, critical, priority, ready, heartbeat, "
-        "health, requires_healthy, check, check_timeout, network, root, restart, "
-        "stop, on_failure",
+        "wants, after, sidecars, sidecar, binding, critical, priority, ready, "
+        "heartbeat, health, requires_healthy, check, check_timeout, network, root, "
+        "restart, stop, on_failure",
         id="unknown-key-no-near-match",
     ),
     pytest.param(
