@@ -8,14 +8,19 @@ pydantic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import logging.handlers
+import os
 import resource
+import shutil
 import signal
 import sys
+import termios
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from partenza import __version__
 from partenza.api import ControlServer
@@ -23,8 +28,19 @@ from partenza.cache import load_plan
 from partenza.console import Console
 from partenza.errors import PartenzaError
 from partenza.orchestrator import Orchestrator
+from partenza.pid1 import (
+    PID1_SIGNALS,
+    console_terminal,
+    ctrl_alt_del_signals,
+    finish,
+    in_container,
+    is_pid1,
+    mount_missing,
+    open_console,
+)
 from partenza.plan import Plan
 from partenza.process import signal_group
+from partenza.render import status_table
 from partenza.seat import Seat, find_terminal
 from partenza.units import plural
 
@@ -92,13 +108,27 @@ def boot(
     state_dir: Path,
     socket: Path,
     use_cache: bool = True,
+    as_pid1: bool | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     """Boot the plan in `plan_dir` and supervise it until it is shut down.
 
+    Args:
+        as_pid1: Do PID 1's duties; by default when this process is PID 1.
+
     Returns:
-        The exit status for the command: 0 after an orderly shutdown.
+        The exit status for the command: 0 after an orderly shutdown, the main
+        module's own status when the plan names one. On a machine that this
+        process boots as its init, it does not return: it powers off or
+        reboots.
     """
+    pid1 = is_pid1() if as_pid1 is None else as_pid1
+    machine = pid1 and is_pid1() and not in_container()
+    if machine:
+        # The kernel's init: make the system usable before anything else.
+        mount_missing()
+        open_console()
+        ctrl_alt_del_signals()
     console = Console(out)
     try:
         _setup_logging(state_dir, console)
@@ -113,17 +143,75 @@ def boot(
             for problem in problems:
                 console.line("failed", str(problem))
             console.line("failed", f"partenza: cannot boot {plan_dir}: {exc}")
+            if machine:
+                console.close()
+                emergency(f"the plan {plan_dir} cannot boot: {exc}")
             return EXIT_PLAN_INVALID
         took = time.monotonic() - started
         _announce(console, plan, plan_dir, cached, took, socket, state_dir)
         fallback = _fallback_plan(plan, state_dir, console, use_cache)
 
         # Supervise until a shutdown has run its course.
-        return asyncio.run(
-            _run(plan, str(plan_dir), console, state_dir, socket, fallback)
-        )
+        try:
+            code, action = asyncio.run(
+                _run(plan, str(plan_dir), console, state_dir, socket, fallback, pid1)
+            )
+        except BaseException as exc:
+            if not pid1:
+                raise
+            # PID 1 never dies of its own error: say what broke, and keep
+            # the machine in hand.
+            console.line("failed", f"partenza: the orchestrator failed: {exc!r}")
+            log.exception("the orchestrator failed")
+            console.close()
+            if machine:
+                emergency(f"the orchestrator failed: {exc!r}")
+            return EXIT_CANNOT_BOOT
     finally:
         console.close()
+
+    # Then what the shutdown asked for.
+    if machine:
+        finish(action if action in ("poweroff", "reboot") else "poweroff")
+        emergency("reboot(2) was refused")
+    if action == "reboot":
+        log.info("booting again")
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return code
+
+
+def emergency(reason: str) -> None:
+    """The last resort of a machine's init: a shell on the console, then off.
+
+    Runs when the orchestrator cannot: the plan does not compile, or the
+    orchestrator broke. It keeps reaping, and powers off when the shell ends.
+    """
+    terminal = console_terminal() or "/dev/console"
+    os.write(
+        2,
+        f"\npartenza: {reason}\npartenza: emergency shell on {terminal}; "
+        "exit it to power off\n".encode(),
+    )
+    shell = shutil.which("sh")
+    pid = os.fork() if shell else 0
+    if shell and pid == 0:
+        os.setsid()
+        fd = os.open(terminal, os.O_RDWR)
+        with contextlib.suppress(OSError):
+            fcntl.ioctl(fd, termios.TIOCSCTTY, 1)
+        for target in (0, 1, 2):
+            os.dup2(fd, target)
+        os.execv(shell, [shell])
+    while shell:
+        try:
+            ended, _ = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if ended == pid:
+            break
+    finish("poweroff")
+    while True:
+        signal.pause()
 
 
 def _fallback_plan(
@@ -174,7 +262,8 @@ async def _run(
     state_dir: Path,
     socket: Path,
     fallback: Plan | None,
-) -> int:
+    pid1: bool,
+) -> tuple[int, str]:
     orchestrator = Orchestrator(
         plan,
         state_dir=state_dir,
@@ -184,42 +273,105 @@ async def _run(
     )
     orchestrator.bus.subscribe(console)
     orchestrator.console_line = console.line
-    seat = Seat(orchestrator, console, socket, find_terminal(plan.console.tty))
+    tty = plan.console.tty or (console_terminal() if pid1 else None)
+    seat = Seat(orchestrator, console, socket, find_terminal(tty))
     seat.attach()
     server = ControlServer(orchestrator, socket)
     try:
         await server.start()
     except PartenzaError as exc:
         console.line("failed", f"partenza: {exc}")
-        return EXIT_CANNOT_BOOT
-
-    # Ctrl-C, SIGTERM and a closed terminal (SIGHUP) shut the plan down in
-    # order; a second signal hurries it.
+        return EXIT_CANNOT_BOOT, "exit"
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: _internal_error(console, context))
+
+    # As PID 1: SIGTERM powers off, SIGINT (Ctrl-Alt-Del) reboots, SIGHUP
+    # reloads. Otherwise Ctrl-C, SIGTERM and a closed terminal (SIGHUP) shut
+    # the plan down in order, and a second signal hurries it.
     interrupts = 0
+    reloading: set[asyncio.Task[None]] = set()
 
     def on_signal(signum: int) -> None:
         nonlocal interrupts
-        interrupts += 1
         name = signal.Signals(signum).name
-        if interrupts == 1:
-            reason = {signal.SIGINT: "Ctrl-C", signal.SIGHUP: "terminal closed"}.get(
-                signal.Signals(signum), name
+        if signum == signal.SIGUSR1:
+            console.write(
+                status_table(orchestrator.snapshot(), console.width or 80) + "\n"
             )
-            orchestrator.shutdown(reason)
-        else:
+            return
+        if signum == signal.SIGUSR2:
+            _reopen_logs()
+            console.line("info", "partenza: log files reopened (SIGUSR2)")
+            return
+        if pid1 and signum == signal.SIGHUP:
+            task = loop.create_task(_reload(orchestrator, console))
+            reloading.add(task)
+            task.add_done_callback(reloading.discard)
+            return
+        interrupts += 1
+        if interrupts > 1:
             console.line("warn", f"partenza: {name} again: killing every module now")
             for unit in orchestrator.units.values():
                 if unit.child is not None:
                     signal_group(unit.child.pgid, signal.SIGKILL)
+            return
+        if pid1:
+            action = "reboot" if signum == signal.SIGINT else "poweroff"
+            reason = "Ctrl-Alt-Del" if signum == signal.SIGINT else name
+            orchestrator.shutdown(reason, action=action)
+            return
+        reason = {signal.SIGINT: "Ctrl-C", signal.SIGHUP: "terminal closed"}.get(
+            signal.Signals(signum), name
+        )
+        orchestrator.shutdown(reason)
 
-    for signum in STOP_SIGNALS:
+    handled = PID1_SIGNALS if pid1 else (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGUSR2)
+    for signum in handled:
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         code = await orchestrator.run()
     finally:
         await server.close()
-        for signum in STOP_SIGNALS:
+        for signum in handled:
             loop.remove_signal_handler(signum)
-    console.line("ok", f"{plan.name}: every module stopped")
-    return code
+    console.line("ok", f"{orchestrator.plan.name}: every module stopped")
+    return code, orchestrator.action
+
+
+async def _reload(orchestrator: Orchestrator, console: Console) -> None:
+    """SIGHUP to PID 1: compile the plan folder again and apply what changed."""
+    from partenza.errors import PlanError
+    from partenza.plan import compile_plan
+
+    try:
+        plan = await asyncio.to_thread(compile_plan, orchestrator.source)
+    except PlanError as exc:
+        for problem in exc.problems:
+            console.line("warn", str(problem))
+        console.line("warn", f"partenza: reload refused, nothing changed: {exc}")
+        return
+    changes = orchestrator.reload(plan)
+    words = [f"{kind} {', '.join(names)}" for kind, names in changes.items() if names]
+    console.line(
+        "info", "partenza: reloaded: " + ("; ".join(words) or "nothing changed")
+    )
+
+
+def _reopen_logs() -> None:
+    for handler in logging.getLogger("partenza").handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.acquire()
+            try:
+                if handler.stream:
+                    handler.stream.close()
+                handler.stream = handler._open()
+            finally:
+                handler.release()
+
+
+def _internal_error(console: Console, context: dict[str, Any]) -> None:
+    """An exception nobody caught in the loop: say so, and go on."""
+    error = context.get("exception")
+    message = context.get("message", "an error")
+    log.error("internal error: %s", message, exc_info=error)
+    console.line("failed", f"partenza: internal error: {message}: {error!r}; going on")

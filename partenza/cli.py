@@ -72,6 +72,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
         state_dir=_state_dir(args),
         socket=_socket(args),
         use_cache=not args.no_cache,
+        as_pid1=True if args.pid1 else None,
     )
 
 
@@ -431,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("boot", cmd_boot, "boot a plan and supervise it on this terminal")
     sub.add_argument("plan", metavar="PLAN", help="the plan folder")
     sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
+    sub.add_argument(
+        "--pid1",
+        action="store_true",
+        help="do PID 1's duties (the default when this process is PID 1)",
+    )
     sub = command("validate", cmd_validate, "check a plan; list every problem")
     sub.add_argument("plan", metavar="PLAN")
     sub = command(

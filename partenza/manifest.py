@@ -585,6 +585,10 @@ class PlanSettings(_Strict):
     of its providers."""
     logs: LogSettings = LogSettings()
     """How module output is kept."""
+    main: Name | None = None
+    """The module whose end is the end of the system, as in a container: when
+    it finishes or fails for good everything stops, and `partenza boot` exits
+    with its exit status (128 + the signal when a signal ended it)."""
     fallback: str | None = None
     """A plan folder (relative to this one) to boot instead when a module's
     `on_failure = "fallback"` fires: a minimal plan, say the logger, the

@@ -64,6 +64,7 @@ from partenza.events import EventBus
 from partenza.fallback import CAPABILITY, LOGGER_ROLE, FallbackLogger, LogRouter
 from partenza.health import ReadyCheck, probe
 from partenza.logs import ModuleLog, PipeReader
+from partenza.pid1 import exit_code
 from partenza.plan import Edge, ModuleSpec, Plan, unmet_requirements
 from partenza.process import Child, ExitStatus, ProcessManager
 from partenza.units import format_duration
@@ -166,6 +167,7 @@ class Unit:
         """A main process the module named with MAINPID=, when not its own."""
         self.owner: str | None = None
         """For a sidecar: the target it is bound to."""
+        self.last_status: ExitStatus | None = None
         self.verified: asyncio.Future[str] | None = None
         self.metrics: dict[str, Any] | None = None
 
@@ -298,6 +300,9 @@ class Orchestrator:
         await self._final_sweep()
         if self.router is not None:
             self.router.fallback.close()
+        main = self.units.get(self.plan.main or "")
+        if main is not None and main.last_status is not None:
+            self.exit_code = exit_code(main.last_status)
         for unit in self.units.values():
             unit.log.close()
         self.processes.uninstall()
@@ -1339,8 +1344,13 @@ class Orchestrator:
         described = error or (status.describe() if status else "ended")
         if status is not None:
             unit.last_exit = status.describe()
+            unit.last_status = status
         asked_to_restart = unit.stopping and unit.restart_after_stop
         self._decide(unit, status, stage, described)
+        # The end of the plan's main module is the end of the system.
+        final = unit.state == FAILED or (unit.state == STOPPED and unit.completed)
+        if unit.name == self.plan.main and final and not self.shutting_down:
+            self.shutdown(f"the main module {unit.name} ended ({described})")
         # A sidecar restarts with its target; a tight one takes its target along.
         if unit.state == RESTARTING or asked_to_restart:
             for sidecar in self._sidecars(unit):
@@ -1740,6 +1750,9 @@ class Orchestrator:
             "fallback_plan": self.fallback_plan.name if self.fallback_plan else None,
             "counts": {state: count for state, count in self._counts.items() if count},
             "providers": {cap: list(names) for cap, names in self.providers.items()},
+            "orphans_reaped": getattr(self.processes, "orphans_reaped", 0),
+            "pid1": os.getpid() == 1,
+            "main": self.plan.main,
         }
 
     def why(self, name: str) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from partenza.errors import PlanError, Problem, suggestion
 
-COMPILER_VERSION = 5
+COMPILER_VERSION = 6
 """Bumped whenever the compiled form changes, so old cache entries are missed."""
 SETTINGS_FILE = "plan.toml"
 EDGE_KINDS = ("requires", "wants", "after", "sidecar")
@@ -242,6 +242,8 @@ class Plan:
     rescue: RescueSpec = RescueSpec()
     fallback: str | None = None
     """The fallback plan's folder, absolute."""
+    main: str | None = None
+    """The module whose end ends the system, if the plan names one."""
 
     @property
     def active(self) -> list[str]:
@@ -325,6 +327,7 @@ class Plan:
             console=ConsoleSpec(**data["console"]),
             rescue=RescueSpec(**data["rescue"]),
             fallback=data["fallback"],
+            main=data["main"],
         )
 
 
@@ -458,6 +461,16 @@ def compile_plan(folder: Path | str) -> Plan:
                         "fallback needs a fallback plan: set fallback in plan.toml",
                     )
                 )
+    if settings and settings.main and settings.main not in modules:
+        shown_settings = _shown(folder, settings_path) if settings_path else "plan.toml"
+        problems.append(
+            Problem(
+                shown_settings,
+                "main",
+                f"no module named {settings.main!r}"
+                + suggestion(settings.main, modules),
+            )
+        )
     if problems:
         raise PlanError(problems)
     logs = settings.logs if settings else mf.LogSettings()
@@ -483,6 +496,7 @@ def compile_plan(folder: Path | str) -> Plan:
         ),
         console=ConsoleSpec(mode=console.mode, tty=console.tty),
         fallback=fallback,
+        main=settings.main if settings else None,
         rescue=RescueSpec(shell=rescue.shell, empty_password=rescue.empty_password),
     )
 

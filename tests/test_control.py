@@ -68,10 +68,10 @@ def _probe_as_nobody(booted) -> None:
         "os.setgid(65534); os.setuid(65534)\n"
         "s = socket.socket(socket.AF_UNIX)\n"
         "s.connect(sys.argv[1])\n"
-        's.sendall(b\'{"v": 1, "id": 1, "op": "status"}\\n\')\n'
         "try:\n"
+        '    s.sendall(b\'{"v": 1, "id": 1, "op": "status"}\\n\')\n'
         "    print(repr(s.recv(100)))\n"
-        "except ConnectionResetError:\n"
+        "except (BrokenPipeError, ConnectionResetError):\n"
         "    print(repr(b''))\n"
     )
     result = subprocess.run(

@@ -29,6 +29,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
+from partenza.client import ClientError
 from rescue import auth, report, terminal
 from rescue.commands import COMMANDS, group_problems
 from rescue.shell import RescueCompleter, RescueShell
@@ -577,13 +578,27 @@ def test_continue_resumes_the_boot_degraded(leaving: Booted, shell_on) -> None:
     )
 
 
-def test_reboot_stops_the_orchestrator(leaving: Booted, shell_on) -> None:
+def test_reboot_boots_the_plan_again(leaving: Booted, shell_on) -> None:
+    """Outside PID 1, a reboot stops every module and boots the plan anew, in
+    the same process."""
+    before = leaving.request("status")["boot"]
     printed, code = shell_on(leaving.socket).type("reboot\n")
     assert (printed, code) == ("rebooting: every module is being stopped\n", 0)
-    leaving.proc.wait(20)
-    leaving.finish()
+    wait_until(lambda: leaving.output.count("booting ") == 2, timeout=20)
+    wait_until(lambda: _answers_with_another_boot(leaving, before), timeout=20)
+    assert leaving.proc.poll() is None
+    output = leaving.output
+    assert "shutting down (rescue shell: reboot)" in output
+    assert output.index("every module stopped") < output.rindex("booting ")
+    leaving.shutdown()
     assert leaving.leftovers == []
-    assert "shutting down (rescue shell: reboot)" in leaving.output
+
+
+def _answers_with_another_boot(booted: Booted, before: str) -> bool:
+    try:
+        return booted.request("status")["boot"] != before
+    except ClientError:
+        return False
 
 
 # An orchestrator that goes away.
