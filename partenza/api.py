@@ -289,12 +289,19 @@ class ControlServer:
         if not params.get("follow"):
             return result
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        dropped = 0
 
         def listener(line: Any) -> None:
+            # A follower that falls behind loses lines, not the stream: it is
+            # told how many were dropped once it has caught up.
+            nonlocal dropped
             if queue.qsize() >= QUEUE_LIMIT:
-                queue.put_nowait(None)
-            else:
-                queue.put_nowait({"v": PROTOCOL, "id": rid, "log": line.to_json()})
+                dropped += 1
+                return
+            if dropped:
+                queue.put_nowait({"v": PROTOCOL, "id": rid, "dropped": dropped})
+                dropped = 0
+            queue.put_nowait({"v": PROTOCOL, "id": rid, "log": line.to_json()})
 
         unsubscribe = unit.log.subscribe(listener)
         try:

@@ -269,6 +269,12 @@ def cmd_logs(args: argparse.Namespace) -> int:
             for message in messages:
                 if "log" in message:
                     print(render.log_line(message["log"]), flush=True)
+                elif "dropped" in message:
+                    count = message["dropped"]
+                    print(
+                        f"partenza: {count} lines dropped: this was too slow",
+                        flush=True,
+                    )
         except KeyboardInterrupt:
             return EXIT_OK
     return EXIT_OK

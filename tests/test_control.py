@@ -344,3 +344,33 @@ def test_reload_applies_a_mended_plan_and_refuses_a_broken_one(
     with open(f"/proc/{web['pid']}/cmdline", "rb") as handle:
         assert handle.read().split(b"\0")[:2] == [b"sleep", b"2000"]
     assert booted.module("worker")["pid"] == worker_pid, "the worker was left alone"
+
+
+def test_a_log_follower_that_falls_behind_is_told_what_it_missed(
+    tmp_path: Path, boot
+) -> None:
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    (plan / "flood.sh").write_text(
+        "sleep 1\n"
+        "i=0; while [ $i -lt 60000 ]; do echo line $i; i=$((i+1)); done\n"
+        "sleep 6; echo done; exec sleep 1000\n"
+    )
+    write_plan(plan, {"flood": 'exec = ["sh", "flood.sh"]\n'})
+    booted = boot(plan)
+    booted.wait_state("flood", "ready")
+    with booted.client(timeout=30) as client:
+        stream = client.stream("logs", module="flood", lines=0, follow=True)
+        next(stream)
+        time.sleep(4)  # Read nothing while the module writes.
+        dropped = 0
+        last = ""
+        for message in stream:
+            if "dropped" in message:
+                dropped += message["dropped"]
+            elif "log" in message:
+                last = message["log"]["text"]
+                if last == "done":
+                    break
+    assert dropped > 0
+    assert last == "done", "the stream went on after the drop"

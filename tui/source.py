@@ -8,6 +8,7 @@ replays a recording, so the screen can be drawn without one.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +63,12 @@ class SocketSource:
             ):
                 if "log" in message:
                     yield message["log"]
+                elif "dropped" in message:
+                    yield {
+                        "time": time.time(),
+                        "stream": "sys",
+                        "text": f"{message['dropped']} lines dropped: this fell behind",
+                    }
                 elif "ok" not in message:
                     yield message
         finally:
