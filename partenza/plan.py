@@ -525,47 +525,33 @@ def _compile_module(
         workdir = (base / _expand(manifest.workdir, base)).resolve()
         if not workdir.is_dir():
             problems.append(Problem(shown, "workdir", f"no such folder: {workdir}"))
-    argv = tuple(_expand(arg, base) for arg in manifest.exec)
-    problem = _check_program(argv[0], env, workdir)
-    if problem:
-        problems.append(Problem(shown, "exec", problem))
+
+    def command(words: Any, field_name: str) -> tuple[str, ...]:
+        """A command with placeholders expanded and its program checked."""
+        expanded = tuple(_expand(arg, base) for arg in words)
+        problem = _check_program(expanded[0], env, workdir)
+        if problem:
+            problems.append(Problem(shown, field_name, problem))
+        return expanded
+
+    argv = command(manifest.exec, "exec")
 
     ready = manifest.ready
     ready_spec = ReadySpec(
         kind=ready.kind, timeout=ready.timeout, interval=ready.interval
     )
     if ready.kind == "tcp":
-        ready_spec = ReadySpec(
-            kind="tcp",
-            timeout=ready.timeout,
-            interval=ready.interval,
-            host=ready.host,
-            port=ready.port,
-        )
+        ready_spec = replace(ready_spec, host=ready.host, port=ready.port)
     elif ready.kind == "exec":
-        command = tuple(_expand(arg, base) for arg in ready.command)
-        problem = _check_program(command[0], env, workdir)
-        if problem:
-            problems.append(Problem(shown, "ready.command", problem))
-        ready_spec = ReadySpec(
-            kind="exec", timeout=ready.timeout, interval=ready.interval, command=command
+        ready_spec = replace(
+            ready_spec, command=command(ready.command, "ready.command")
         )
     elif ready.kind == "file":
         path = Path(_expand(ready.path, base))
-        ready_spec = ReadySpec(
-            kind="file",
-            timeout=ready.timeout,
-            interval=ready.interval,
-            path=str(path if path.is_absolute() else workdir / path),
-        )
+        where = path if path.is_absolute() else workdir / path
+        ready_spec = replace(ready_spec, path=str(where))
     elif ready.kind == "log":
-        ready_spec = ReadySpec(
-            kind="log",
-            timeout=ready.timeout,
-            interval=ready.interval,
-            pattern=ready.pattern,
-            stream=ready.stream,
-        )
+        ready_spec = replace(ready_spec, pattern=ready.pattern, stream=ready.stream)
 
     health = None
     if manifest.health is not None:
@@ -579,21 +565,12 @@ def _compile_module(
             start_period=probe.start_period,
         )
         if probe.kind == "exec":
-            command = tuple(_expand(arg, base) for arg in probe.command)
-            problem = _check_program(command[0], env, workdir)
-            if problem:
-                problems.append(Problem(shown, "health.command", problem))
-            health = replace(health, command=command)
+            health = replace(health, command=command(probe.command, "health.command"))
         elif probe.kind == "tcp":
             health = replace(health, host=probe.host, port=probe.port)
         else:
             health = replace(health, url=probe.url, status=probe.status)
-    check: tuple[str, ...] = ()
-    if manifest.check is not None:
-        check = tuple(_expand(arg, base) for arg in manifest.check)
-        problem = _check_program(check[0], env, workdir)
-        if problem:
-            problems.append(Problem(shown, "check", problem))
+    check = command(manifest.check, "check") if manifest.check is not None else ()
     heartbeat = None
     if manifest.heartbeat is not None:
         heartbeat = HeartbeatSpec(
