@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -731,3 +732,55 @@ def test_bad_contract_input_is_dropped_and_every_other_module_is_served(
     assert booted.module("flooded")["status_text"] == "flood"
     assert "contract: refused a client: a client said nothing for 5s" in booted.output
     assert "contract: refused a client: a hello longer than 64 KiB" in booted.output
+
+
+FORKER = """
+import os, socket, sys, time
+path = os.environ["NOTIFY_SOCKET"]
+out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+child = os.fork()
+if child == 0:
+    time.sleep(0.2)
+    out.sendto(b"RELOADING=1", path)
+    time.sleep(0.3)
+    out.sendto(b"READY=1\\nSTATUS=reloaded", path)
+    time.sleep(0.3)
+    out.sendto(b"STOPPING=1", path)
+    time.sleep(1000)
+out.sendto(f"MAINPID={child}\\nREADY=1".encode(), path)
+print("forked", child, flush=True)
+"""
+
+
+def test_a_forking_daemon_hands_over_with_mainpid(tmp_path: Path, boot) -> None:
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    (plan / "forker.py").write_text(FORKER)
+    write_plan(
+        plan,
+        {
+            "daemon": """
+                exec = ["${python}", "forker.py"]
+                ready = { kind = "notify" }
+                restart = { policy = "never" }
+            """,
+        },
+    )
+    booted = boot(plan)
+    booted.wait_state("daemon", "ready")
+    line = wait_line(booted, "daemon", "forked")
+    child = int(next(text for text in line if text.startswith("forked")).split()[1])
+    record = booted.module("daemon")
+    assert record["main_pid"] == child
+    events = events_until(
+        booted,
+        lambda e: e["type"] == "state" and e.get("reason") == "reloaded",
+    )
+    reasons = [e["reason"] for e in events if e.get("module") == "daemon"]
+    assert "reloading" in reasons
+    wait_line(booted, "daemon", "says it is stopping (STOPPING=1)")
+    # The launcher exited long ago; the module lives on in its main pid.
+    assert booted.module("daemon")["state"] == "ready"
+    os.kill(child, signal.SIGKILL)
+    record = booted.wait_state("daemon", "failed")
+    assert record["reason"] == "killed by SIGKILL"

@@ -313,3 +313,105 @@ def test_what_if_from_the_command_line(tmp_path: Path) -> None:
         wrong.stderr == "partenza: no module 'wbe' in the plan (did you mean 'web'?)\n"
     )
     assert sys.executable
+
+
+def _events(booted, stop) -> list[dict]:
+    return events_until(booted, stop, timeout=20)
+
+
+def test_failover_with_real_processes_holds_dependents_back(
+    tmp_path: Path, boot
+) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "primary": """
+                exec = ["sh", "-c", "sleep 0.5; exit 1"]
+                provides = ["db"]
+                priority = 10
+                on_failure = "failover"
+                restart = { delay = "20ms", limit = 2 }
+            """,
+            "backup": """
+                exec = ["sh", "-c", "sleep 0.3; touch backup-up; exec sleep 1000"]
+                provides = ["db"]
+                ready = { kind = "file", path = "backup-up" }
+            """,
+            "api": 'exec = "sleep 1000"\nrequires = ["db"]\n',
+        },
+    )
+    booted = boot(plan)
+    events = _events(
+        booted,
+        lambda e: e["type"] == "state" and e["module"] == "api" and e["new"] == "ready",
+    )
+    first_api = next(
+        e for e in events if e.get("module") == "api" and e["new"] == "ready"
+    )
+    events = _events(booted, lambda e: e["type"] == "failover")
+    failover = events[-1]
+    assert (failover["failed"], failover["provider"]) == ("primary", "backup")
+    assert failover["dependents"] == ["api"]
+    record = booted.wait_for(
+        lambda s: any(
+            m["name"] == "api"
+            and m["state"] == "ready"
+            and m["pid"] != first_api["pid"]
+            for m in s["modules"]
+        ),
+        what="api running again on backup",
+    )
+    api = next(m for m in record["modules"] if m["name"] == "api")
+    assert api["deps"] == [{"kind": "requires", "via": "db", "module": "backup"}]
+    everything = _events(booted, lambda e: e["seq"] >= record["seq"])
+    backup_ready = next(
+        e["time"]
+        for e in everything
+        if e.get("module") == "backup" and e["new"] == "ready"
+    )
+    api_restart = [
+        e["time"]
+        for e in everything
+        if e.get("module") == "api" and e.get("new") == "initializing"
+    ][-1]
+    assert backup_ready <= api_restart, "api waited for the new provider"
+
+
+def test_sidecars_with_real_processes(tmp_path: Path, boot) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "steady": 'exec = "sleep 1000"\nsidecar = true\n',
+            "web": 'exec = "sleep 1000"\nsidecars = ["steady"]\n',
+            "job": """
+                exec = ["sh", "-c", "sleep 0.5"]
+                sidecars = ["jobside"]
+            """,
+            "jobside": 'exec = "sleep 1000"\nsidecar = true\n',
+        },
+    )
+    booted = boot(plan)
+    web = booted.wait_state("web", "ready")
+    steady = booted.module("steady")
+    assert steady["ready_at"] <= web["started_at"], "the sidecar is ready first"
+    # A crashing sidecar is restarted without bouncing its target.
+    os.kill(steady["pid"], signal.SIGKILL)
+    booted.wait_for(
+        lambda s: any(
+            m["name"] == "steady"
+            and m["state"] == "ready"
+            and m["pid"] != steady["pid"]
+            for m in s["modules"]
+        ),
+        what="the sidecar back",
+    )
+    assert booted.module("web")["pid"] == web["pid"]
+    # A target that finishes ends its sidecar.
+    jobside = booted.wait_state("jobside", "stopped")
+    assert jobside["reason"].startswith("its target job is stopped")
+    # And at shutdown the sidecar stops after its target.
+    booted.shutdown()
+    output = booted.output
+    assert output.index("[  OK  ] web: stopped") < output.index(
+        "[  OK  ] steady: stopped"
+    )
