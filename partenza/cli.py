@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,7 +31,16 @@ EXIT_NOT_RUNNING = 3
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        sys.stderr.write(f"partenza: {message} (see `{self.prog} --help`)\n")
+        unknown = re.match(r"argument COMMAND: invalid choice: '([^']*)'", message)
+        if unknown:
+            from partenza.errors import did_you_mean
+
+            word = unknown.group(1)
+            guess = did_you_mean(word, [name for name, *_ in COMMANDS])
+            hint = f"did you mean {guess!r}?" if guess else f"see `{self.prog} --help`"
+            sys.stderr.write(f"partenza: unknown command {word!r} ({hint})\n")
+        else:
+            sys.stderr.write(f"partenza: {message} (see `{self.prog} --help`)\n")
         sys.exit(EXIT_USAGE)
 
 
@@ -65,6 +75,9 @@ def _client(args: argparse.Namespace, timeout: float | None = 30.0) -> Any:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
+    # The orchestrator speaks no TLS: keep asyncio from loading ssl and
+    # libcrypto into a process that lives as long as the system.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     from partenza.boot import boot
 
     return boot(
@@ -406,7 +419,119 @@ def _columns() -> int:
         return 80
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _boot_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("plan", metavar="PLAN", help="the plan folder")
+    sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
+    sub.add_argument(
+        "--pid1",
+        action="store_true",
+        help="do PID 1's duties (the default when this process is PID 1)",
+    )
+
+
+def _plan_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("plan", metavar="PLAN")
+    sub.add_argument("--json", action="store_true", help="the compiled plan as JSON")
+    sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
+    sub.add_argument(
+        "--fail",
+        metavar="MODULE",
+        help="what if MODULE failed for good: what is blocked, what fails over",
+    )
+
+
+def _status_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("module", metavar="MODULE", nargs="?")
+    sub.add_argument("--json", action="store_true")
+
+
+def _logs_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("module", metavar="MODULE")
+    sub.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
+    sub.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines"
+    )
+
+
+def _control_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("module", metavar="MODULE")
+    sub.add_argument("--no-wait", action="store_true", help="return without waiting")
+
+
+def _no_wait(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--no-wait", action="store_true", help="return without waiting")
+
+
+def _rescue_arguments(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--bluescreen",
+        metavar="MODULE",
+        help="first show the failure report of MODULE, as on the console",
+    )
+
+
+def _json(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--json", action="store_true", help="one JSON object a line")
+
+
+def _one_plan(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("plan", metavar="PLAN")
+
+
+def _one_module(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("module", metavar="MODULE")
+
+
+def _nothing(sub: argparse.ArgumentParser) -> None:
+    pass
+
+
+COMMANDS: tuple[tuple[str, Any, str, Any], ...] = (
+    (
+        "boot",
+        cmd_boot,
+        "boot a plan and supervise it on this terminal",
+        _boot_arguments,
+    ),
+    ("validate", cmd_validate, "check a plan; list every problem", _one_plan),
+    (
+        "plan",
+        cmd_plan,
+        "dry run: what would start, in which order, and why",
+        _plan_arguments,
+    ),
+    (
+        "status",
+        cmd_status,
+        "the system and its modules, or one module",
+        _status_arguments,
+    ),
+    (
+        "why",
+        cmd_why,
+        "why a module is in its state, down to the root cause",
+        _one_module,
+    ),
+    ("logs", cmd_logs, "a module's recent output", _logs_arguments),
+    ("start", cmd_start, "start a module (and what it requires)", _control_arguments),
+    ("stop", cmd_stop, "stop a module (and what requires it)", _control_arguments),
+    ("restart", cmd_restart, "stop a module and start it again", _control_arguments),
+    ("shutdown", cmd_shutdown, "stop every module and the orchestrator", _no_wait),
+    ("reload", cmd_reload, "compile the plan again and apply what changed", _nothing),
+    (
+        "rescue",
+        cmd_rescue,
+        "the rescue shell: find out what failed, mend it",
+        _rescue_arguments,
+    ),
+    ("top", cmd_top, "watch and steer the live system in a full-screen view", _nothing),
+    ("events", cmd_events, "follow the event stream", _json),
+)
+"""Each command: its name, handler, one line of help, and its arguments."""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or of `only` that one (quicker to build)."""
     from partenza import __version__
 
     parser = _Parser(
@@ -429,76 +554,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser
     )
-
-    def command(name: str, handler: Any, text: str) -> argparse.ArgumentParser:
+    for name, handler, text, arguments in COMMANDS:
+        if only is not None and name != only:
+            continue
         sub = commands.add_parser(name, help=text, description=text)
         sub.set_defaults(handler=handler)
-        return sub
-
-    sub = command("boot", cmd_boot, "boot a plan and supervise it on this terminal")
-    sub.add_argument("plan", metavar="PLAN", help="the plan folder")
-    sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
-    sub.add_argument(
-        "--pid1",
-        action="store_true",
-        help="do PID 1's duties (the default when this process is PID 1)",
-    )
-    sub = command("validate", cmd_validate, "check a plan; list every problem")
-    sub.add_argument("plan", metavar="PLAN")
-    sub = command(
-        "plan", cmd_plan, "dry run: what would start, in which order, and why"
-    )
-    sub.add_argument("plan", metavar="PLAN")
-    sub.add_argument("--json", action="store_true", help="the compiled plan as JSON")
-    sub.add_argument("--no-cache", action="store_true", help="compile the plan afresh")
-    sub.add_argument(
-        "--fail",
-        metavar="MODULE",
-        help="what if MODULE failed for good: what is blocked, what fails over",
-    )
-    sub = command("status", cmd_status, "the system and its modules, or one module")
-    sub.add_argument("module", metavar="MODULE", nargs="?")
-    sub.add_argument("--json", action="store_true")
-    sub = command(
-        "why", cmd_why, "why a module is in its state, down to the root cause"
-    )
-    sub.add_argument("module", metavar="MODULE")
-    sub = command("logs", cmd_logs, "a module's recent output")
-    sub.add_argument("module", metavar="MODULE")
-    sub.add_argument("-n", "--lines", type=int, default=50, help="how many lines (50)")
-    sub.add_argument(
-        "-f", "--follow", action="store_true", help="keep printing new lines"
-    )
-    for name, handler, text in (
-        ("start", cmd_start, "start a module (and what it requires)"),
-        ("stop", cmd_stop, "stop a module (and what requires it)"),
-        ("restart", cmd_restart, "stop a module and start it again"),
-    ):
-        sub = command(name, handler, text)
-        sub.add_argument("module", metavar="MODULE")
-        sub.add_argument(
-            "--no-wait", action="store_true", help="return without waiting"
-        )
-    sub = command("shutdown", cmd_shutdown, "stop every module and the orchestrator")
-    sub.add_argument("--no-wait", action="store_true", help="return without waiting")
-    command("reload", cmd_reload, "compile the plan again and apply what changed")
-    sub = command(
-        "rescue", cmd_rescue, "the rescue shell: find out what failed, mend it"
-    )
-    sub.add_argument(
-        "--bluescreen",
-        metavar="MODULE",
-        help="first show the failure report of MODULE, as on the console",
-    )
-    command("top", cmd_top, "watch and steer the live system in a full-screen view")
-    sub = command("events", cmd_events, "follow the event stream")
-    sub.add_argument("--json", action="store_true", help="one JSON object a line")
+        arguments(sub)
     return parser
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command a command line names, if it names a known one plainly."""
+    words = iter(argv)
+    for word in words:
+        if word in ("--socket", "--state-dir"):
+            next(words, None)
+        elif word in ("-h", "--help", "--version"):
+            return None
+        elif not word.startswith("-"):
+            return word if any(word == name for name, *_ in COMMANDS) else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_word(words))
+    args = parser.parse_args(words)
     if not getattr(args, "handler", None):
         parser.print_help()
         return EXIT_USAGE

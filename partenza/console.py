@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
-import shutil
 import textwrap
 import threading
 from collections import deque
@@ -89,9 +88,7 @@ class Console:
         self.stream = stream
         self.colour = wants_colour(stream) if colour is None else colour
         terminal = _is_terminal(stream)
-        self.width = width or (
-            shutil.get_terminal_size((80, 24)).columns if terminal else 0
-        )
+        self.width = width or (_columns(stream) if terminal else 0)
         self._writer = _Writer(stream) if threaded else None
         if self._writer:
             self._writer.start()
@@ -284,6 +281,13 @@ class Console:
             rule,
         ]
         self.write("\n".join(lines) + "\n")
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError):
+        return 80
 
 
 def _is_terminal(stream: TextIO) -> bool:

@@ -25,8 +25,10 @@ from partenza.process import Child, signal_group
 from partenza.units import format_duration
 
 Spawn = Callable[..., Child]
-FIRST_RETRY = 0.005
-"""Seconds before a polling readiness check tries the second time."""
+FAST_POLL = 0.01
+FAST_FOR = 1.0
+"""A polling readiness check tries every FAST_POLL seconds for FAST_FOR seconds,
+then every `interval`."""
 
 
 class ReadyCheck:
@@ -83,15 +85,18 @@ class ReadyCheck:
         raise ValueError(f"unknown ready kind {kind!r}")
 
     async def _poll(self, attempt: Callable[[], object]) -> str:
-        # Retry soon at first, then every `interval`: most modules are ready
-        # a few milliseconds after their first refusal.
-        pause = min(FIRST_RETRY, self.spec.interval)
+        # Retry often during the first second, then every `interval`: most
+        # modules are ready a few milliseconds after their first refusal.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         while True:
             result = await attempt()  # type: ignore[misc]
             if result:
                 return str(result)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, self.spec.interval)
+            soon = loop.time() - started < FAST_FOR
+            await asyncio.sleep(
+                min(FAST_POLL, self.spec.interval) if soon else self.spec.interval
+            )
 
     async def _tcp(self) -> str | None:
         host, port = self.spec.host, self.spec.port

@@ -24,9 +24,6 @@ from partenza.plan import LogSpec
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
-FILE_BUFFER = 8192
-"""Bytes a log file buffers before writing; flushed within FLUSH_AFTER anyway."""
-FLUSH_AFTER = 0.5
 """Seconds a written line may wait in the file buffer before it is flushed."""
 
 Listener = Callable[["LogLine"], None]
@@ -62,7 +59,8 @@ class RotatingFile:
         if self._file is None and not self.failed:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(self.path, "ab", buffering=FILE_BUFFER)  # noqa: SIM115
+                # Unbuffered: whoever writes here writes whole chunks of lines.
+                self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115
                 self._size = self._file.tell()
             except OSError as exc:
                 self.failed = True
@@ -137,7 +135,8 @@ class ModuleLog:
         self.lines = 0
         self.bytes = 0
         self._partial: dict[str, bytearray] = {}
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self._batch: list[bytes] | None = None
+        self._stamp = (0, "")
 
     def feed(self, stream: str, data: bytes) -> None:
         """Take a chunk read from a pipe; complete lines are kept at once."""
@@ -149,6 +148,8 @@ class ModuleLog:
         pieces = buffer.split(b"\n")
         rest = pieces.pop()
         now = time.time()
+        # The chunk's lines go to the file in one write.
+        self._batch = []
         for piece in pieces:
             self._add_raw(now, stream, bytes(piece))
         limit = self.spec.max_line
@@ -156,6 +157,9 @@ class ModuleLog:
             self._add_raw(now, stream, bytes(rest[:limit]))
             rest = rest[limit:]
         self._partial[stream] = bytearray(rest)
+        batch, self._batch = self._batch, None
+        if batch and self.file is not None:
+            self.file.write(b"".join(batch))
 
     def end(self, stream: str) -> None:
         """The pipe closed: keep what is left of a last unterminated line."""
@@ -180,31 +184,23 @@ class ModuleLog:
         self.ring.append(line)
         self.lines += 1
         if self.file is not None:
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
-            prefix = f"{stamp}.{int(now % 1 * 1000):03d} {stream} ".encode()
-            self.file.write(prefix + raw + b"\n")
-            self._schedule_flush()
+            second = int(now)
+            if self._stamp[0] != second:
+                clock = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now))
+                self._stamp = (second, clock)
+            entry = (
+                f"{self._stamp[1]}.{int(now % 1 * 1000):03d} {stream} ".encode()
+                + raw
+                + b"\n"
+            )
+            if self._batch is not None:
+                self._batch.append(entry)
+            else:
+                self.file.write(entry)
         for listener in list(self.listeners):
             listener(line)
 
-    def _schedule_flush(self) -> None:
-        if self._flush_timer is None:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._flush_timer = loop.call_later(FLUSH_AFTER, self.flush)
-
-    def flush(self) -> None:
-        self._flush_timer = None
-        if self.file is not None:
-            self.file.flush()
-
     def close(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
         if self.file is not None:
             self.file.close()
 

@@ -336,8 +336,9 @@ class Restart(_Strict):
     a signal or fails its ready check) or `always` (whenever it ends, even with
     exit 0)."""
     delay: Duration = 0.1
-    """The first restart's delay. Each further restart within `window` doubles
-    it, up to `max_delay`."""
+    """The first restart's delay, for a process that ended within a second of
+    starting; one that ran longer is started again at once. Each further
+    restart within `window` doubles it, up to `max_delay`."""
     max_delay: Duration = 30.0
     """The longest delay between two starts; not shorter than `delay`."""
     limit: int = Field(default=5, ge=1)

@@ -108,6 +108,8 @@ EXIT_MODULE_FAILED = 1
 """`partenza boot` ends with this when a module's `on_failure = shutdown` fired."""
 
 SWEEP_POLL = 0.05
+STABLE_RUN = 1.0
+"""Seconds a process must have run for its end to restart it without delay."""
 DRAIN_BATCH = 32
 """Units stepped before the loop gets a turn."""
 FINAL_SWEEP_GRACE = 2.0
@@ -1412,7 +1414,12 @@ class Orchestrator:
             )
             self._fail(unit, stage, described, limit)
             return
-        delay = unit.spec.restart.delay_for(len(unit.starts))
+        ran = time.time() - unit.started_at if unit.started_at else 0.0
+        # A module that ran a while and then died is started again at once;
+        # backoff is for modules that die young.
+        delay = (
+            0.0 if ran >= STABLE_RUN else unit.spec.restart.delay_for(len(unit.starts))
+        )
         unit.restarts += 1
         self._set(
             unit,

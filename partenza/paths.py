@@ -43,3 +43,16 @@ def state_dir() -> Path:
 
 def socket_path() -> Path:
     return runtime_dir() / SOCKET_NAME
+
+
+def which(program: str, path: str | None = None) -> str | None:
+    """Where `program` is on `path` (PATH by default), as execvp would find it."""
+    if "/" in program:
+        return program if os.access(program, os.X_OK) else None
+    for folder in (
+        path if path is not None else os.environ.get("PATH", os.defpath)
+    ).split(os.pathsep):
+        candidate = os.path.join(folder or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None

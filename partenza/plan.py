@@ -17,7 +17,6 @@ import json
 import os
 import pwd
 import shlex
-import shutil
 import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from partenza.errors import PlanError, Problem, suggestion
+from partenza.paths import which
 
 COMPILER_VERSION = 6
 """Bumped whenever the compiled form changes, so old cache entries are missed."""
@@ -660,7 +660,7 @@ def _check_program(program: str, env: dict[str, str], workdir: Path) -> str | No
             return f"not an executable file: {path}"
         return None
     search = env.get("PATH", os.environ.get("PATH", os.defpath))
-    if shutil.which(program, path=search) is None:
+    if which(program, search) is None:
         return f"program {program!r} not found in PATH ({search})"
     return None
 

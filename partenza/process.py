@@ -20,13 +20,14 @@ import ctypes
 import errno
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+
+from partenza.paths import which
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class ProcessManager:
             return None
         key = (program, path)
         if key not in self._programs:
-            self._programs[key] = shutil.which(program, path=path)
+            self._programs[key] = which(program, path)
         return self._programs[key]
 
     def spawn_on_terminal(

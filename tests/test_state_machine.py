@@ -485,3 +485,23 @@ async def test_resume_leaves_rescue_for_degraded(run: Run) -> None:
     run.orchestrator.resume()
     await run.until(lambda: run.orchestrator.system == "degraded")
     assert run.orchestrator.rescue is None
+
+
+@scenario({"steady": FAST_RESTART})
+async def test_a_module_that_ran_a_while_is_restarted_at_once(run: Run) -> None:
+    """Backoff is for modules that die young: after a second up, no delay."""
+    await run.settle("steady", "ready")
+    await asyncio.sleep(1.05)
+    run.processes.of("steady")[0].exit(1)
+    await run.until(lambda: len(run.processes.of("steady")) == 2)
+    restarting = [
+        e for e in run.events if e["type"] == "state" and e["new"] == "restarting"
+    ]
+    assert restarting[0]["delay"] == 0.0
+    assert restarting[0]["reason"] == "exited 1; restart 1 in 0.00s"
+    # The second death comes at once: that one backs off again.
+    await run.settle("steady", "ready")
+    run.processes.of("steady")[1].exit(1)
+    await run.until(lambda: len(run.processes.of("steady")) == 3)
+    delays = [e["delay"] for e in run.events if e.get("new") == "restarting"]
+    assert delays == [0.0, 0.02]
