@@ -14,7 +14,6 @@ import logging
 import logging.handlers
 import os
 import resource
-import shutil
 import signal
 import sys
 import termios
@@ -28,6 +27,7 @@ from partenza.cache import load_plan
 from partenza.console import Console
 from partenza.errors import PartenzaError
 from partenza.orchestrator import Orchestrator
+from partenza.paths import which
 from partenza.pid1 import (
     PID1_SIGNALS,
     console_terminal,
@@ -35,6 +35,7 @@ from partenza.pid1 import (
     finish,
     in_container,
     is_pid1,
+    loopback_up,
     mount_missing,
     open_console,
 )
@@ -129,6 +130,7 @@ def boot(
         mount_missing()
         open_console()
         ctrl_alt_del_signals()
+        loopback_up()
     console = Console(out)
     try:
         _setup_logging(state_dir, console)
@@ -192,7 +194,7 @@ def emergency(reason: str) -> None:
         f"\npartenza: {reason}\npartenza: emergency shell on {terminal}; "
         "exit it to power off\n".encode(),
     )
-    shell = shutil.which("sh")
+    shell = which("sh")
     pid = os.fork() if shell else 0
     if shell and pid == 0:
         os.setsid()

@@ -2,10 +2,10 @@
 
 On a machine that Partenza boots (the kernel's init), it mounts `/proc`,
 `/sys`, `/dev` and `/run` where they are missing, opens the console, asks the
-kernel to turn Ctrl-Alt-Del into SIGINT, and at the end syncs and calls
-`reboot(2)`. In a container (PID 1 of a PID namespace other than the
-machine's) it mounts nothing and, at the end, exits with a status the caller
-can read.
+kernel to turn Ctrl-Alt-Del into SIGINT, brings up the loopback interface, and
+at the end syncs and calls `reboot(2)`. In a container (PID 1 of a PID
+namespace other than the machine's) it mounts nothing and, at the end, exits
+with a status the caller can read.
 
 | signal  | as PID 1                                      |
 | ------- | --------------------------------------------- |
@@ -19,9 +19,12 @@ can read.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import signal
+import socket
+import struct
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,9 @@ RB_HALT_SYSTEM = 0xCDEF0123
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 MOUNTS = (
     ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
@@ -104,6 +110,26 @@ def open_console() -> None:
             if console != fd:
                 os.dup2(console, fd)
                 os.close(console)
+
+
+def loopback_up() -> bool:
+    """Bring the loopback interface up, as a machine's init must: nothing else
+    does, and every check on 127.0.0.1 needs it. Whether it was down."""
+
+    def request(flags: int) -> bytes:
+        return struct.pack("16sh22x", b"lo", flags)  # struct ifreq
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            answer = fcntl.ioctl(sock, SIOCGIFFLAGS, request(0))
+            flags = struct.unpack_from("16sh", answer)[1]
+            if flags & IFF_UP:
+                return False
+            fcntl.ioctl(sock, SIOCSIFFLAGS, request(flags | IFF_UP))
+    except OSError as exc:
+        log.warning("cannot bring up the loopback interface: %s", exc.strerror)
+        return False
+    return True
 
 
 def console_terminal() -> str | None:
