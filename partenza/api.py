@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = 1
 MAX_REQUEST = 1 << 20
-ACTIONS = ("exit", "poweroff", "reboot")
+ACTIONS = ("exit", "poweroff", "reboot", "halt")
 """What a shutdown ends with; outside PID 1 all three end the orchestrator."""
 DISCARD_FOR = 2.0
 """Seconds an oversized request is read and thrown away before hanging up."""
@@ -219,6 +219,11 @@ class ControlServer:
                         else "ops: " + ", ".join(self._ops),
                     )
                 result = await handler(request, conn, request_id)
+            except UnicodeDecodeError:
+                await conn.send(
+                    _error(request_id, "not UTF-8", "JSON, one object a line")
+                )
+                continue
             except json.JSONDecodeError as exc:
                 await conn.send(
                     _error(request_id, f"not JSON: {exc.msg}", "one object a line")
@@ -394,7 +399,10 @@ class ControlServer:
         self, unit: Unit, params: Params, timeout: float, wanted: Callable[[Unit], bool]
     ) -> Any:
         done = True
-        if params.get("wait", True):
+        wait = params.get("wait", True)
+        if not isinstance(wait, bool):
+            raise RequestError(f"wait must be true or false, got {wait!r}")
+        if wait:
             limit = params.get("timeout", timeout)
             if not isinstance(limit, (int, float)) or limit < 0:
                 raise RequestError(f"timeout must be seconds, 0 or more; got {limit!r}")

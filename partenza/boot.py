@@ -28,6 +28,7 @@ from partenza.console import Console
 from partenza.errors import PartenzaError
 from partenza.orchestrator import Orchestrator
 from partenza.paths import which
+from partenza.pid1 import ACTIONS as PID1_ACTIONS
 from partenza.pid1 import (
     PID1_SIGNALS,
     console_terminal,
@@ -86,6 +87,24 @@ def _setup_logging(state_dir: Path, console: Console) -> None:
     root.addHandler(handler)
 
 
+def _lock_state(state_dir: Path) -> int | None:
+    """Take the state folder for this orchestrator alone; None if another has it.
+
+    The lock is held until the process ends (or executes itself again).
+    """
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return -1  # Nothing to lock with: say nothing, logging will complain.
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def _raise_file_limit() -> None:
     """Let the orchestrator open as many files as it may: every module takes
     three (two pipes and its log file), and 1024 is a common soft limit."""
@@ -133,6 +152,14 @@ def boot(
         loopback_up()
     console = Console(out)
     try:
+        lock = _lock_state(state_dir)
+        if lock is None:
+            console.line(
+                "failed",
+                f"partenza: another orchestrator uses the state folder {state_dir} "
+                "(set PARTENZA_STATE_DIR to another one)",
+            )
+            return EXIT_CANNOT_BOOT
         _setup_logging(state_dir, console)
         _raise_file_limit()
 
@@ -174,7 +201,7 @@ def boot(
 
     # Then what the shutdown asked for.
     if machine:
-        finish(action if action in ("poweroff", "reboot") else "poweroff")
+        finish(action if action in ("poweroff", "reboot", "halt") else "poweroff")
         emergency("reboot(2) was refused")
     if action == "reboot":
         log.info("booting again")
@@ -295,35 +322,33 @@ async def _run(
 
     def on_signal(signum: int) -> None:
         nonlocal interrupts
-        name = signal.Signals(signum).name
-        if signum == signal.SIGUSR1:
-            console.write(
-                status_table(orchestrator.snapshot(), console.width or 80) + "\n"
-            )
-            return
-        if signum == signal.SIGUSR2:
-            _reopen_logs()
-            console.line("info", "partenza: log files reopened (SIGUSR2)")
-            return
         if pid1 and signum == signal.SIGHUP:
             task = loop.create_task(_reload(orchestrator, console))
             reloading.add(task)
             task.add_done_callback(reloading.discard)
             return
+        if not pid1 and signum == signal.SIGUSR1:
+            console.write(
+                status_table(orchestrator.snapshot(), console.width or 80) + "\n"
+            )
+            return
+        if not pid1 and signum == signal.SIGUSR2:
+            _reopen_logs()
+            console.line("info", "partenza: log files reopened (SIGUSR2)")
+            return
         interrupts += 1
         if interrupts > 1:
-            console.line("warn", f"partenza: {name} again: killing every module now")
+            console.line("warn", "partenza: signalled again: killing every module now")
             for unit in orchestrator.units.values():
                 if unit.child is not None:
                     signal_group(unit.child.pgid, signal.SIGKILL)
             return
         if pid1:
-            action = "reboot" if signum == signal.SIGINT else "poweroff"
-            reason = "Ctrl-Alt-Del" if signum == signal.SIGINT else name
+            action, reason = PID1_ACTIONS[signum]
             orchestrator.shutdown(reason, action=action)
             return
         reason = {signal.SIGINT: "Ctrl-C", signal.SIGHUP: "terminal closed"}.get(
-            signal.Signals(signum), name
+            signal.Signals(signum), signal.Signals(signum).name
         )
         orchestrator.shutdown(reason)
 

@@ -284,9 +284,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     print(render.log_line(message["log"]), flush=True)
                 elif "dropped" in message:
                     count = message["dropped"]
-                    print(
-                        f"partenza: {count} lines dropped: this was too slow",
-                        flush=True,
+                    sys.stderr.write(
+                        f"partenza: {count} lines dropped: this was too slow\n"
                     )
         except KeyboardInterrupt:
             return EXIT_OK
@@ -371,7 +370,11 @@ def cmd_events(args: argparse.Namespace) -> int:
     with _client(args, timeout=None) as client:
         messages = client.stream("subscribe")
         snapshot = next(messages)
-        if not args.json:
+        if args.json:
+            import json
+
+            print(json.dumps({"snapshot": snapshot}), flush=True)
+        else:
             print(render.status_table(snapshot, _columns()), flush=True)
         try:
             for message in messages:
@@ -397,6 +400,12 @@ def cmd_rescue(args: argparse.Namespace) -> int:
 
 
 def cmd_top(args: argparse.Namespace) -> int:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return _fail(
+            "partenza top needs a terminal",
+            "`partenza status` or `events` otherwise",
+            EXIT_USAGE,
+        )
     # Textual is imported only here: the boot path never loads it.
     from tui.app import run
 

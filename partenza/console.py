@@ -202,7 +202,7 @@ class Console:
         elif new == "restarting":
             self.line("warn", f"{name}: {reason}")
         elif new == "hung":
-            self.line("failed", f"{name}: hung, {reason}")
+            self.line("warn", f"{name}: hung, {reason}")
         elif new == "degraded":
             self.line("warn", f"{name}: degraded, {reason}")
 

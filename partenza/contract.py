@@ -61,7 +61,7 @@ def api_fits(version: str, compatibility: str) -> str | None:
     """
     match = re.fullmatch(r"(\d+)\.(\d+)", version)
     if not match:
-        return f"API version {version!r} is not MAJOR.MINOR"
+        return f"API version {version[:20]!r} is not MAJOR.MINOR"
     major, minor = int(match.group(1)), int(match.group(2))
     ours = api_version()
     if major != ORCHESTRATOR_API[0]:

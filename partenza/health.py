@@ -17,11 +17,11 @@ import os
 import signal
 import socket
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from partenza.logs import ModuleLog, PipeReader
 from partenza.plan import HealthSpec, ReadySpec
-from partenza.process import Child, signal_group
+from partenza.process import Child, listener_belongs, signal_group
 from partenza.units import format_duration
 
 Spawn = Callable[..., Child]
@@ -42,8 +42,13 @@ class ReadyCheck:
         spawn: Spawn,
         env: dict[str, str],
         cwd: str,
+        members: Callable[[], Iterable[int]] | None = None,
+        module: str = "the module",
     ) -> None:
         self.spec = spec
+        self.members = members
+        """The module's processes, to tell its listener from another's."""
+        self.module = module
         self.log = log
         self.spawn = spawn
         self.env = env
@@ -109,6 +114,16 @@ class ReadyCheck:
             self.last_error = _socket_error(exc)
             return None
         writer.close()
+        # A leftover process on the port must not pass for the module.
+        if (
+            self.members is not None
+            and _local(host)
+            and listener_belongs(port, self.members()) is False
+        ):
+            self.last_error = (
+                f"{host}:{port} answers, but from no process of {self.module}"
+            )
+            return None
         return f"tcp {host}:{port} answered"
 
     async def _file(self) -> str | None:
@@ -144,6 +159,10 @@ class ReadyCheck:
             self.said.cancel()
         if self._probe is not None and self._probe.running:
             signal_group(self._probe.pgid, signal.SIGKILL)
+
+
+def _local(host: str) -> bool:
+    return host in ("localhost", "::1", "0.0.0.0", "::") or host.startswith("127.")
 
 
 def _socket_error(exc: BaseException) -> str:

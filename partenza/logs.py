@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from partenza.plan import LogSpec
+from partenza.units import visible
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class ModuleLog:
             return
         if raw.endswith(b"\r"):
             raw = raw[:-1]
-        text = raw.decode("utf-8", "backslashreplace")
+        text = visible(raw.decode("utf-8", "backslashreplace"))
         line = LogLine(now, stream, text)
         self.ring.append(line)
         self.lines += 1

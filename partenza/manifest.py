@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shlex
 import signal
+import stat
 import tomllib
 import typing
 from collections.abc import Iterator
@@ -38,8 +39,13 @@ from partenza.units import (
     format_duration,
     parse_duration,
     parse_size,
+    visible,
 )
 
+MAX_DURATION = 30 * 24 * 3600.0
+"""The longest duration a manifest may name."""
+MAX_FILE = 1 << 20
+"""The largest manifest read, in bytes."""
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 NAME_FORM = (
     "lowercase letters, digits, '-', '_' or '.', starting with a letter or digit"
@@ -64,9 +70,16 @@ def _duration(value: Any) -> float:
             {"form": DURATION_FORM, "value": repr(value)},
         )
     try:
-        return parse_duration(value)
+        seconds = parse_duration(value)
     except ValueError as exc:
         raise PydanticCustomError("duration", str(exc)) from None
+    if seconds > MAX_DURATION:
+        raise PydanticCustomError(
+            "duration",
+            "expected at most {most}, got {value}",
+            {"most": "30 days (720h)", "value": repr(value)},
+        )
+    return seconds
 
 
 def _size(value: Any) -> int:
@@ -256,9 +269,9 @@ class _HealthBase(_Strict):
     runs as soon as the module is ready."""
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
     """A probe that takes longer has failed; a command still running is killed."""
-    threshold: int = Field(default=3, ge=1)
+    threshold: int = Field(default=3, ge=1, le=100_000)
     """Failed probes in a row that make the module `degraded`."""
-    restart_after: int = Field(default=3, ge=0)
+    restart_after: int = Field(default=3, ge=0, le=100_000)
     """Further failed probes in a row, once degraded, after which the module is
     restarted under its restart policy; 0 never restarts it for its health."""
     start_period: Duration = 0.0
@@ -341,7 +354,7 @@ class Restart(_Strict):
     restart within `window` doubles it, up to `max_delay`."""
     max_delay: Duration = 30.0
     """The longest delay between two starts; not shorter than `delay`."""
-    limit: int = Field(default=5, ge=1)
+    limit: int = Field(default=5, ge=1, le=100_000)
     """At most this many starts within `window`; one more and the module has
     failed for good and its `on_failure` strategy applies."""
     window: Annotated[Duration, Field(gt=0)] = 60.0
@@ -418,12 +431,13 @@ class Manifest(_Strict):
     """This module is a sidecar: it runs only for the target that names it in
     `sidecars`, and cannot have sidecars of its own."""
     binding: Literal["loose", "tight"] = "loose"
-    """For a sidecar: `loose`, its failure restarts only itself; `tight`, its
-    target is restarted with it."""
+    """For a sidecar: `loose`, a crash restarts only itself; `tight`, its target
+    is restarted with it. Either way a sidecar that fails for good blocks its
+    target, as any failed requirement does."""
     critical: bool = False
     """The system cannot run without this module: when it fails for good the
     system enters rescue and the bluescreen takes the console."""
-    priority: int = 0
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     """Among providers of the same capability, the highest priority is chosen;
     ties go to the name first in alphabetical order."""
     ready: ReadyCheck = ReadyStarted(kind="started")
@@ -497,13 +511,26 @@ class Manifest(_Strict):
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        for key in value:
-            if not ENV_NAME.match(key):
-                raise PydanticCustomError(
-                    "env_name",
-                    "{key} is not a valid variable name (letters, digits and '_')",
-                    {"key": repr(key)},
-                )
+        bad = [key for key in value if not ENV_NAME.match(key)]
+        if bad:
+            names = ", ".join(repr(key) for key in bad)
+            raise PydanticCustomError(
+                "env_name",
+                "{names} {verb} not a valid variable name (letters, digits and '_', "
+                "not starting with a digit)",
+                {"names": names, "verb": "is" if len(bad) == 1 else "are"},
+            )
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if visible(value) != value or "\n" in value:
+            raise PydanticCustomError(
+                "one_line",
+                "expected one line of text, without control characters, got {value}",
+                {"value": repr(value[:60])},
+            )
         return value
 
     @model_validator(mode="after")
@@ -540,13 +567,13 @@ class Manifest(_Strict):
 class LogSettings(_Strict):
     """How module output is kept."""
 
-    ring_lines: int = Field(default=1000, ge=10)
+    ring_lines: int = Field(default=1000, ge=10, le=1_000_000)
     """Lines of each module's output kept in memory for `logs` and the TUI."""
     max_line: Size = 16384
     """A longer line is split into pieces of this many bytes."""
     file_size: Size = 4 * 1024 * 1024
     """A module's log file is rotated when it reaches this size."""
-    file_keep: int = Field(default=3, ge=0)
+    file_keep: int = Field(default=3, ge=0, le=1000)
     """Rotated log files kept per module (`web.log.1` ... `web.log.N`)."""
 
 
@@ -763,13 +790,25 @@ _TOML_POSITION = re.compile(r"\s*\(at (line \d+, column \d+|end of document)\)")
 def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Problem]]:
     """Parse one TOML file; a syntax error becomes a problem with its position."""
     try:
-        data = path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return None, [Problem(shown, None, "cannot read: not a regular file")]
+        if info.st_size > MAX_FILE:
+            return None, [
+                Problem(shown, None, f"too large for a manifest: {info.st_size} bytes")
+            ]
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE + 1)
     except OSError as exc:
         return None, [Problem(shown, None, f"cannot read: {exc.strerror}")]
+    if len(data) > MAX_FILE:
+        return None, [Problem(shown, None, "too large for a manifest")]
     try:
         return tomllib.loads(data.decode("utf-8")), []
     except UnicodeDecodeError as exc:
         return None, [Problem(shown, None, f"not UTF-8 text (byte {exc.start})")]
+    except RecursionError:
+        return None, [Problem(shown, None, "TOML syntax error: nested too deeply")]
     except tomllib.TOMLDecodeError as exc:
         text = str(exc)
         where = re.search(r"\(at line (\d+), column (\d+)\)", text)

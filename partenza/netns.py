@@ -62,22 +62,29 @@ def enter(mode: str) -> None:
                 f"cannot map the user namespace: {exc.strerror}"
             ) from None
     if mode == "loopback":
-        _interface_up("lo")
-
-
-def _interface_up(name: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        request = struct.pack("16sH14x", name.encode(), 0)
         try:
-            reply = fcntl.ioctl(probe.fileno(), SIOCGIFFLAGS, request)
-            flags = struct.unpack("16sH14x", reply)[1]
-            fcntl.ioctl(
-                probe.fileno(),
-                SIOCSIFFLAGS,
-                struct.pack("16sH14x", name.encode(), flags | IFF_UP),
-            )
+            interface_up("lo")
         except OSError as exc:
-            raise NamespaceError(f"cannot bring {name} up: {exc.strerror}") from None
+            raise NamespaceError(f"cannot bring lo up: {exc.strerror}") from None
+
+
+def interface_up(name: str) -> bool:
+    """Bring a network interface up; whether it was down.
+
+    Raises:
+        OSError: the kernel refused.
+    """
+
+    def request(flags: int) -> bytes:
+        return struct.pack("16sh22x", name.encode(), flags)  # struct ifreq
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        answer = fcntl.ioctl(sock, SIOCGIFFLAGS, request(0))
+        flags = struct.unpack_from("16sh", answer)[1]
+        if flags & IFF_UP:
+            return False
+        fcntl.ioctl(sock, SIOCSIFFLAGS, request(flags | IFF_UP))
+    return True
 
 
 def _become(user: str | None, group: str | None) -> None:

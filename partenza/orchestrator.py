@@ -66,8 +66,15 @@ from partenza.health import ReadyCheck, probe
 from partenza.logs import ModuleLog, PipeReader
 from partenza.pid1 import exit_code
 from partenza.plan import Edge, ModuleSpec, Plan, unmet_requirements
-from partenza.process import Child, ExitStatus, ProcessManager
-from partenza.units import format_duration
+from partenza.process import (
+    Child,
+    ExitStatus,
+    ProcessManager,
+    is_alive,
+    process_tree,
+    processes_carrying,
+)
+from partenza.units import format_duration, plural, visible
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +290,7 @@ class Orchestrator:
         self.processes.install()
         if self.runtime_dir is not None:
             self.contract = ContractServer(self, self.runtime_dir / "contract.sock")
+            await self._end_earlier_run(self.contract.path)
             await self.contract.start()
             self.finishing.append(self.contract.close)
         self.bus.publish(
@@ -309,6 +317,32 @@ class Orchestrator:
             unit.log.close()
         self.processes.uninstall()
         return self.exit_code
+
+    async def _end_earlier_run(self, contract: Path) -> None:
+        """Stop the modules an earlier orchestrator on this socket left running.
+
+        They carry this contract socket's path in their environment; an
+        orchestrator that was killed could not stop them, and they would hold
+        ports and files the new modules need.
+        """
+        left = processes_carrying(f"PARTENZA_SOCKET={contract}")
+        if not left:
+            return
+        log.warning(
+            "%s of an earlier run on %s %s still alive (pids %s); stopping them",
+            plural(len(left), "process"),
+            contract.parent,
+            "is" if len(left) == 1 else "are",
+            ", ".join(map(str, left[:10])) + (", ..." if len(left) > 10 else ""),
+        )
+        for pid in left:
+            self.processes.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + FINAL_SWEEP_GRACE
+        while any(is_alive(pid) for pid in left) and time.monotonic() < deadline:
+            await asyncio.sleep(SWEEP_POLL)
+        for pid in left:
+            if is_alive(pid):
+                self.processes.kill(pid, signal.SIGKILL)
 
     def shutdown(self, reason: str, code: int = EXIT_OK, action: str = "exit") -> None:
         """Stop every module, dependents before their dependencies, then end.
@@ -375,7 +409,9 @@ class Orchestrator:
         left = processes.leftovers()
         if not left:
             return
-        log.info("%d processes left after shutdown; sending SIGTERM", len(left))
+        log.info(
+            "%s left after shutdown; sending SIGTERM", plural(len(left), "process")
+        )
         for pid in left:
             processes.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + FINAL_SWEEP_GRACE
@@ -385,7 +421,9 @@ class Orchestrator:
         for pid in left:
             processes.kill(pid, signal.SIGKILL)
         if left:
-            log.warning("%d processes killed with SIGKILL after shutdown", len(left))
+            log.warning(
+                "%s killed with SIGKILL after shutdown", plural(len(left), "process")
+            )
             await asyncio.sleep(SWEEP_POLL)
         self.processes.reap()
 
@@ -560,7 +598,13 @@ class Orchestrator:
     async def settled(
         self, unit: Unit, wanted: Callable[[Unit], bool], timeout: float
     ) -> bool:
-        """Wait until `wanted(unit)` holds; False if `timeout` seconds pass first."""
+        """Wait until `wanted(unit)` holds; False if `timeout` seconds pass first.
+
+        The changes already asked for are carried out first, so a unit that a
+        request is about to move is not judged by the state it is leaving.
+        """
+        while self._drain_scheduled or self._dirty:
+            await asyncio.sleep(0)
         if wanted(unit):
             return True
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -777,6 +821,8 @@ class Orchestrator:
             spawn=self.processes.spawn,
             env=env,
             cwd=spec.workdir,
+            members=lambda: process_tree([unit.child.pid]) if unit.child else [],
+            module=unit.name,
         )
         check.arm()
         unit.check = check
@@ -1078,13 +1124,7 @@ class Orchestrator:
                 self.bus.publish(
                     "health", module=unit.name, health="failing", detail=problem
                 )
-            if failures == spec.threshold and unit.state == READY:
-                self._set(
-                    unit,
-                    DEGRADED,
-                    f"{failures} failed health probes ({spec.describe()}: {problem})",
-                )
-            elif (
+            if (
                 spec.restart_after
                 and failures >= spec.threshold + spec.restart_after
                 and unit.state == DEGRADED
@@ -1095,6 +1135,9 @@ class Orchestrator:
                 )
                 self._terminate(unit)
                 return
+            if failures >= spec.threshold and unit.state in (READY, DEGRADED):
+                probes = plural(failures, "failed health probe")
+                self._set(unit, DEGRADED, f"{probes} ({spec.describe()}: {problem})")
 
     # The module contract and the notify protocol.
 
@@ -1114,7 +1157,7 @@ class Orchestrator:
             return 'the hello has no API version ("api": "1.0")'
         if version != unit.spec.api_version:
             return (
-                f"the hello says API {version}, the manifest declares "
+                f"the hello says API {visible(version[:20])}, the manifest declares "
                 f"{unit.spec.api_version}"
             )
         misfit = api_fits(version, unit.spec.compatibility)
@@ -1218,7 +1261,7 @@ class Orchestrator:
             return
         child = target.child
         if child is None or message.get("pid") != child.pid:
-            problem = f"pid {message.get('pid')} is not {target.name}'s process"
+            problem = f"pid {message.get('pid')!r} is not {target.name}'s process"
         elif message.get("token") != target.token:
             problem = "the token in its environment is not the token of this start"
         else:
@@ -1259,7 +1302,7 @@ class Orchestrator:
             check.said.set_result(how)
 
     def _status(self, unit: Unit, text: str) -> None:
-        text = text.replace("\n", " ")[:200]
+        text = visible(text.replace("\n", " ")[:200])
         if text == unit.status_text:
             return
         unit.status_text = text
@@ -1651,6 +1694,8 @@ class Orchestrator:
 
     def _boot_finished(self) -> None:
         self.boot_took = time.time() - self.boot_started
+        if self.shutting_down:
+            return
         counts = {state: count for state, count in self._counts.items() if count}
         self.bus.publish("boot", took=round(self.boot_took, 4), counts=counts)
 
@@ -1739,7 +1784,7 @@ class Orchestrator:
             "seq": self.bus.seq,
             "boot": self.bus.boot_id,
             "system": self.system_record(),
-            "modules": [self.record(unit) for unit in self.units.values()],
+            "modules": [self.record(self.units[name]) for name in sorted(self.units)],
         }
 
     def system_record(self) -> dict[str, Any]:

@@ -7,24 +7,24 @@ at the end syncs and calls `reboot(2)`. In a container (PID 1 of a PID
 namespace other than the machine's) it mounts nothing and, at the end, exits
 with a status the caller can read.
 
-| signal  | as PID 1                                      |
-| ------- | --------------------------------------------- |
-| SIGTERM | an orderly power-off (in a container: exit)   |
-| SIGINT  | an orderly reboot (Ctrl-Alt-Del)              |
-| SIGHUP  | reload the plan                               |
-| SIGUSR1 | write the status of every module on the console |
-| SIGUSR2 | reopen the orchestrator's log file            |
+| signal      | as PID 1                                            |
+| ----------- | --------------------------------------------------- |
+| SIGTERM     | an orderly power-off (in a container: exit)         |
+| SIGINT      | an orderly reboot (Ctrl-Alt-Del)                    |
+| SIGHUP      | reload the plan                                     |
+| SIGUSR1     | an orderly halt (what busybox's `halt` sends)       |
+| SIGUSR2     | an orderly power-off (what busybox's `poweroff` sends) |
+| SIGRTMIN+3  | an orderly halt (systemd's numbering)               |
+| SIGRTMIN+4  | an orderly power-off                                |
+| SIGRTMIN+5  | an orderly reboot                                   |
 """
 
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import logging
 import os
 import signal
-import socket
-import struct
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,6 @@ RB_HALT_SYSTEM = 0xCDEF0123
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
 
 MOUNTS = (
     ("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
@@ -50,13 +47,17 @@ MOUNTS = (
     ("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"),
 )
 
-PID1_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-)
+ACTIONS: dict[int, tuple[str, str]] = {
+    signal.SIGTERM: ("poweroff", "SIGTERM"),
+    signal.SIGINT: ("reboot", "Ctrl-Alt-Del"),
+    signal.SIGUSR1: ("halt", "SIGUSR1 (halt)"),
+    signal.SIGUSR2: ("poweroff", "SIGUSR2 (poweroff)"),
+    signal.SIGRTMIN + 3: ("halt", "SIGRTMIN+3 (halt)"),
+    signal.SIGRTMIN + 4: ("poweroff", "SIGRTMIN+4 (poweroff)"),
+    signal.SIGRTMIN + 5: ("reboot", "SIGRTMIN+5 (reboot)"),
+}
+"""The signals that end PID 1's run: the action, and how the console names it."""
+PID1_SIGNALS = (*ACTIONS, signal.SIGHUP)
 
 
 def is_pid1() -> bool:
@@ -115,21 +116,13 @@ def open_console() -> None:
 def loopback_up() -> bool:
     """Bring the loopback interface up, as a machine's init must: nothing else
     does, and every check on 127.0.0.1 needs it. Whether it was down."""
-
-    def request(flags: int) -> bytes:
-        return struct.pack("16sh22x", b"lo", flags)  # struct ifreq
+    from partenza.netns import interface_up
 
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            answer = fcntl.ioctl(sock, SIOCGIFFLAGS, request(0))
-            flags = struct.unpack_from("16sh", answer)[1]
-            if flags & IFF_UP:
-                return False
-            fcntl.ioctl(sock, SIOCSIFFLAGS, request(flags | IFF_UP))
+        return interface_up("lo")
     except OSError as exc:
         log.warning("cannot bring up the loopback interface: %s", exc.strerror)
         return False
-    return True
 
 
 def console_terminal() -> str | None:
@@ -159,6 +152,9 @@ def finish(action: str) -> None:
     kernel refused."""
     os.sync()
     how = {"poweroff": RB_POWER_OFF, "reboot": RB_AUTOBOOT}.get(action, RB_HALT_SYSTEM)
+    log.info(
+        "%s", {"poweroff": "powering off", "reboot": "rebooting"}.get(action, "halting")
+    )
     if _libc().reboot(how) != 0:
         log.error("reboot(2) failed: %s", os.strerror(ctypes.get_errno()))
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pwd
+import re
 import shlex
 import sys
 from collections.abc import Iterable
@@ -511,6 +512,9 @@ def _dir_name(path: Path) -> str:
     return cleaned or "plan"
 
 
+PLACEHOLDERS = ("python", "plan_dir")
+
+
 def _expand(text: str, base: Path) -> str:
     return text.replace("${python}", sys.executable).replace("${plan_dir}", str(base))
 
@@ -528,7 +532,24 @@ def _compile_module(
 
     def command(words: Any, field_name: str) -> tuple[str, ...]:
         """A command with placeholders expanded and its program checked."""
+        unknown = [
+            name
+            for word in words
+            for name in re.findall(r"\$\{([a-z_]+)\}", word)
+            if name not in PLACEHOLDERS
+        ]
+        for name in unknown:
+            problems.append(
+                Problem(
+                    shown,
+                    field_name,
+                    f"unknown placeholder ${{{name}}}{suggestion(name, PLACEHOLDERS)}; "
+                    "known: ${python}, ${plan_dir}",
+                )
+            )
         expanded = tuple(_expand(arg, base) for arg in words)
+        if unknown:
+            return expanded
         problem = _check_program(expanded[0], env, workdir)
         if problem:
             problems.append(Problem(shown, field_name, problem))

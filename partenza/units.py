@@ -18,6 +18,19 @@ _SIZE_SCALE = {
     "GB": 1000**3,
 }
 
+_CONTROLS = {
+    code: f"\\x{code:02x}"
+    for code in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0))
+}
+
+
+def visible(text: str) -> str:
+    """`text` with control characters shown as escapes (`\\x1b`), so that what
+    a module writes can never move the cursor or clear the screen of whoever
+    reads it. Tabs are kept."""
+    return text.translate(_CONTROLS)
+
+
 DURATION_FORM = "a duration like 500ms, 10s or 2m"
 SIZE_FORM = "a size like 512KiB, 4MiB or 1GiB"
 
@@ -51,8 +64,11 @@ def parse_size(text: str | int) -> int:
 
 
 def plural(count: int, word: str) -> str:
-    """`1 wave`, `2 waves`."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    """`1 wave`, `2 waves`, `2 processes`."""
+    if count == 1:
+        return f"{count} {word}"
+    ending = "es" if word.endswith(("s", "x", "ch", "sh")) else "s"
+    return f"{count} {word}{ending}"
 
 
 def format_duration(seconds: float) -> str:

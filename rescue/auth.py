@@ -164,6 +164,10 @@ def login(
     on = f" on {where}" if where else ""
     try:
         field = read_hash(user, shadow=path)
+    except FileNotFoundError:
+        # No shadow file (a container, an initramfs): no password is set.
+        log.info("rescue: there is no %s", path)
+        field = None
     except OSError as exc:
         log.error("rescue: cannot read %s: %s", path, exc.strerror or exc)
         say(f"rescue: cannot read {path}: {exc.strerror or exc}")

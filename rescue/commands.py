@@ -442,7 +442,8 @@ class Commands:
             # The reply may come before the orchestrator has moved on.
             system = self.request("status")["system"]
         self.say(
-            f"resuming the boot: {system['plan']} is {system['state']} "
+            f"resuming the boot: {system['plan']} is "
+            f"{'in rescue' if system['state'] == 'rescue' else system['state']} "
             f"({printable(system.get('reason') or '')})"
         )
         return EXIT_OK

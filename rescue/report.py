@@ -113,7 +113,8 @@ def bluescreen(
             head = "manifest" if index == 0 else ""
             lines.append(f"  {head.ljust(label)}{path[index : index + room]}")
     if system is not None:
-        field("system", f"{system['plan']} is {system['state']}: {system['reason']}", 1)
+        state = "in rescue" if system["state"] == "rescue" else system["state"]
+        field("system", f"{system['plan']} is {state}: {system['reason']}", 1)
 
     # The last output takes what is left, above the rule and the hints.
     footer = 1 + len(HINTS)

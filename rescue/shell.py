@@ -26,6 +26,7 @@ The environment: `EDITOR` for `edit` (else vi, then nano), `SHELL` for `sh`
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
 import signal
@@ -262,8 +263,14 @@ class RescueShell:
         # Ask the orchestrator what it knows: the state, the plan's settings.
         snapshot, settings, problem = self._fetch()
         self._reachable = snapshot is not None
-        # Draw the bluescreen.
+        # Draw the bluescreen, for a module the plan has.
         if self.bluescreen:
+            names = [m["name"] for m in snapshot["modules"]] if snapshot else []
+            if snapshot is not None and self.bluescreen not in names:
+                guess = difflib.get_close_matches(self.bluescreen, names, n=1)
+                hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+                self.say(f"rescue: the plan has no module {self.bluescreen!r}{hint}")
+                return EXIT_REFUSED
             self.show_report(snapshot, problem)
             if settings.get("shell") is False:
                 self.say(
@@ -281,7 +288,8 @@ class RescueShell:
             self.say(f"rescue: {problem}")
         elif not self.bluescreen:
             system = snapshot["system"]
-            self.say(f"{system['plan']} is {system['state']} ({system['reason']})")
+            state = _state_words(system["state"])
+            self.say(f"{system['plan']} is {state} ({system['reason']})")
         self.say("Partenza rescue shell: `help` lists the commands.")
         return self.loop()
 
@@ -481,3 +489,8 @@ def run(
             shell.close()
     log.info("rescue: shell closed with %d", code)
     return code
+
+
+def _state_words(state: str) -> str:
+    """A system state as it reads after `is`: `running`, `in rescue`."""
+    return "in rescue" if state == "rescue" else state

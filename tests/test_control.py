@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PARTENZA, partenza_env, write_plan
+from tests.conftest import PARTENZA, partenza_env, pids_alive, write_plan
 
 SIMPLE = {
     "web": 'exec = "sleep 1000"\ndescription = "the web"\n',
@@ -225,9 +226,10 @@ def test_events_stream_follows_state_changes(tmp_path: Path, boot) -> None:
         text=True,
     )
     try:
-        time.sleep(0.3)
-        assert booted.cli("restart", "worker").returncode == 0
         assert events.stdout is not None
+        first = json.loads(events.stdout.readline())
+        assert [m["name"] for m in first["snapshot"]["modules"]] == ["web", "worker"]
+        assert booted.cli("restart", "worker").returncode == 0
         seen = []
         while not seen or seen[-1] != ("worker", "ready"):
             event = json.loads(events.stdout.readline())
@@ -280,15 +282,25 @@ def test_a_second_orchestrator_on_the_same_socket_is_refused(
 ) -> None:
     plan = write_plan(tmp_path / "plan", SIMPLE)
     booted = boot(plan)
-    second = subprocess.run(
+    state = booted.env["PARTENZA_STATE_DIR"]
+    same_state = subprocess.run(
         [PARTENZA, "boot", str(plan)],
         env=booted.env,
         capture_output=True,
         text=True,
         timeout=20,
     )
-    assert second.returncode == 1
-    assert f"another orchestrator is running on {booted.socket}" in second.stdout
+    assert same_state.returncode == 1
+    assert f"another orchestrator uses the state folder {state}" in same_state.stdout
+    other_state = subprocess.run(
+        [PARTENZA, "boot", str(plan)],
+        env={**booted.env, "PARTENZA_STATE_DIR": str(tmp_path / "other")},
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert other_state.returncode == 1
+    assert f"another orchestrator is running on {booted.socket}" in other_state.stdout
     assert booted.request("hello")["pid"] == booted.proc.pid
 
 
@@ -374,3 +386,119 @@ def test_a_log_follower_that_falls_behind_is_told_what_it_missed(
                     break
     assert dropped > 0
     assert last == "done", "the stream went on after the drop"
+
+
+def test_control_characters_in_output_are_shown_escaped(tmp_path: Path, boot) -> None:
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    (plan / "noisy.py").write_text(
+        "import sys, time\n"
+        "out = b'\\x1b[2J\\x1b]0;TITLE\\x07 red\\x1b[0m \\x00 \\x9b!\\n'\n"
+        "sys.stdout.buffer.write(out)\n"
+        "sys.stdout.flush()\n"
+        "time.sleep(1000)\n"
+    )
+    write_plan(plan, {"noisy": 'exec = ["${python}", "noisy.py"]\n'})
+    booted = boot(plan)
+    booted.wait_state("noisy", "ready")
+    deadline = time.monotonic() + 5
+    shown = ""
+    while "TITLE" not in shown and time.monotonic() < deadline:
+        shown = booted.cli("logs", "noisy").stdout
+        time.sleep(0.05)
+    assert "\\x1b[2J\\x1b]0;TITLE\\x07 red\\x1b[0m \\x00 \\x9b!" in shown
+    assert "\x1b" not in shown and "\x07" not in shown and "\x00" not in shown
+
+
+def test_start_waits_for_a_blocked_module_to_come_up(tmp_path: Path, boot) -> None:
+    flag = tmp_path / "broken"
+    flag.touch()
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "base": f"""
+                exec = ["sh", "-c", "test -e {flag} && exit 1; exec sleep 1000"]
+                restart = {{ delay = "10ms", limit = 2 }}
+            """,
+            "app": 'exec = "sleep 1000"\nrequires = ["base"]\n',
+        },
+    )
+    booted = boot(plan)
+    booted.wait_state("app", "blocked")
+    flag.unlink()
+    result = booted.cli("start", "app")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("app: ready")
+
+
+def test_bytes_that_are_not_utf8_get_an_error_reply(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    replies = raw_exchange(
+        booted.socket,
+        b'\xff\xfe\n{"v": 1, "id": 2, "op": "start", "module": "web", '
+        b'"wait": "yes"}\n{"v": 1, "id": 3, "op": "hello"}\n',
+    )
+    assert replies[0]["error"] == {
+        "message": "not UTF-8",
+        "hint": "JSON, one object a line",
+    }
+    assert replies[1]["error"]["message"] == "wait must be true or false, got 'yes'"
+    assert replies[2]["ok"] is True
+
+
+def test_a_new_boot_stops_what_a_killed_orchestrator_left(tmp_path: Path, boot) -> None:
+    plan = write_plan(tmp_path / "plan", {"sleeper": 'exec = "sleep 1000"\n'})
+    first = boot(plan)
+    record = first.wait_state("sleeper", "ready")
+    os.killpg(first.proc.pid, signal.SIGKILL)
+    first.proc.wait(10)
+    assert pids_alive([record["pid"]]) == [record["pid"]], "orphaned, still running"
+    second = boot(plan, env={"PARTENZA_RUNTIME_DIR": first.env["PARTENZA_RUNTIME_DIR"]})
+    second.wait_state("sleeper", "ready")
+    deadline = time.monotonic() + 5
+    while pids_alive([record["pid"]]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pids_alive([record["pid"]]) == []
+    assert "partenza: 1 process of an earlier run on " in second.output
+    assert " is still alive (pids " in second.output
+    # Both share one socket: stop the second before the first's folder goes.
+    second.shutdown()
+
+
+def test_a_port_held_by_another_process_does_not_make_a_module_ready(
+    tmp_path: Path, boot
+) -> None:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(8)
+    port = holder.getsockname()[1]
+    try:
+        plan = write_plan(
+            tmp_path / "plan",
+            {
+                "late": f"""
+                    exec = "sleep 1000"
+                    restart = {{ policy = "never" }}
+                    ready = {{ kind = "tcp", port = {port}, timeout = "500ms" }}
+                """,
+            },
+        )
+        booted = boot(plan)
+        record = booted.wait_state("late", "failed")
+        assert record["reason"] == (
+            f"not ready after 500ms (tcp 127.0.0.1:{port}: 127.0.0.1:{port} answers, "
+            "but from no process of late)"
+        )
+    finally:
+        holder.close()
+
+
+def test_sigusr1_prints_the_status_on_the_console(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    booted.wait_state("worker", "ready")
+    os.kill(booted.proc.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 5
+    while "MODULE  STATE" not in booted.output:
+        assert time.monotonic() < deadline, booted.output
+        time.sleep(0.05)
+    assert booted.proc.poll() is None

@@ -216,7 +216,8 @@ SCHEMA_CASES = [
     pytest.param(
         'exec = "true"\nenv = { "1BAD" = "x" }\n',
         "env",
-        "'1BAD' is not a valid variable name (letters, digits and '_')",
+        "'1BAD' is not a valid variable name (letters, digits and '_', "
+        "not starting with a digit)",
         id="env-name",
     ),
     pytest.param(
@@ -879,3 +880,32 @@ def test_doc_example_plan_compiles(tmp_path: Path) -> None:
     assert compiled.providers["db"] == ["postgres", "sqlite"]
     assert compiled.modules["api"].argv[0] == sys.executable
     assert compiled.waves == [["api-metrics", "postgres"], ["api"]]
+
+
+def test_files_that_cannot_be_manifests_are_refused_plainly(tmp_path: Path) -> None:
+    """A FIFO would hang a reader, /dev/zero would never end, deep nesting would
+    overflow the parser's stack: each is a problem with the file named."""
+    import os
+
+    from partenza.manifest import load_manifest
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    endless = tmp_path / "endless.toml"
+    endless.symlink_to("/dev/zero")
+    deep = tmp_path / "deep.toml"
+    deep.write_text("x = " + "[" * 5000 + "]" * 5000 + "\n")
+    big = tmp_path / "big.toml"
+    big.write_text("# padding\n" * 200_000)
+    assert load_manifest(fifo)[1] == [
+        Problem(str(fifo), None, "cannot read: not a regular file")
+    ]
+    assert load_manifest(endless)[1] == [
+        Problem(str(endless), None, "cannot read: not a regular file")
+    ]
+    assert load_manifest(deep)[1] == [
+        Problem(str(deep), None, "TOML syntax error: nested too deeply")
+    ]
+    assert load_manifest(big)[1] == [
+        Problem(str(big), None, "too large for a manifest: 2000000 bytes")
+    ]

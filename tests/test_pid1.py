@@ -206,7 +206,7 @@ def test_the_main_modules_exit_status_is_passed_on(tmp_path: Path) -> None:
         namespace.end()
 
 
-def test_sighup_reloads_and_sigusr1_prints_the_status(tmp_path: Path) -> None:
+def test_sighup_reloads_and_busyboxs_poweroff_signal_powers_off(tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan", {"web": 'exec = "sleep 1000"\n'})
     namespace = Namespace(plan, tmp_path)
     try:
@@ -215,8 +215,9 @@ def test_sighup_reloads_and_sigusr1_prints_the_status(tmp_path: Path) -> None:
         os.kill(namespace.init_pid(), signal.SIGHUP)
         namespace.wait_output("partenza: reloaded: changed web")
         namespace.wait_for(_all_ready, "web back")
-        os.kill(namespace.init_pid(), signal.SIGUSR1)
-        namespace.wait_output("MODULE  STATE")
-        assert namespace.proc.poll() is None, "SIGHUP and SIGUSR1 do not end PID 1"
+        assert namespace.proc.poll() is None, "SIGHUP does not end PID 1"
+        os.kill(namespace.init_pid(), signal.SIGUSR2)
+        assert namespace.proc.wait(15) == 0
+        assert "shutting down (SIGUSR2 (poweroff))" in namespace.output
     finally:
         namespace.end()
