@@ -17,11 +17,12 @@ import os
 import signal
 import socket
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
+from partenza.listeners import listener_belongs, listening, wait_for_listener
 from partenza.logs import ModuleLog, PipeReader
 from partenza.plan import HealthSpec, ReadySpec
-from partenza.process import Child, listener_belongs, signal_group
+from partenza.process import Child, signal_group
 from partenza.units import format_duration
 
 Spawn = Callable[..., Child]
@@ -56,6 +57,8 @@ class ReadyCheck:
         self.last_error = "no answer yet"
         self._matched: asyncio.Future[str] | None = None
         self._probe: Child | None = None
+        self._foreign = False
+        """Whether the port's listener was seen to be another process's."""
         self.said: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         """Resolved by the orchestrator when the module says it is ready, over
         the contract (`handshake`) or with `READY=1` (`notify`)."""
@@ -82,6 +85,8 @@ class ReadyCheck:
         if kind in ("handshake", "notify"):
             return await self.said
         if kind == "tcp":
+            if _local(self.spec.host):
+                return await self._poll(self._tcp, self._until_listener)
             return await self._poll(self._tcp)
         if kind == "exec":
             return await self._poll(self._exec)
@@ -89,31 +94,45 @@ class ReadyCheck:
             return await self._poll(self._file)
         raise ValueError(f"unknown ready kind {kind!r}")
 
-    async def _poll(self, attempt: Callable[[], object]) -> str:
+    async def _poll(
+        self,
+        attempt: Callable[[], Awaitable[str | None]],
+        pause: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> str:
         # Retry often during the first second, then every `interval`: most
         # modules are ready a few milliseconds after their first refusal.
         loop = asyncio.get_running_loop()
         started = loop.time()
         while True:
-            result = await attempt()  # type: ignore[misc]
+            result = await attempt()
             if result:
-                return str(result)
+                return result
             soon = loop.time() - started < FAST_FOR
-            await asyncio.sleep(
+            await pause(
                 min(FAST_POLL, self.spec.interval) if soon else self.spec.interval
             )
 
+    async def _until_listener(self, period: float) -> None:
+        """Wait `period`, or less once something listens on the port; a
+        listener of another process does not cut the wait short."""
+        if self._foreign:
+            await asyncio.sleep(period)
+        else:
+            await wait_for_listener(self.spec.port, period)
+
     async def _tcp(self) -> str | None:
         host, port = self.spec.host, self.spec.port
+        if _local(host) and listening(port) is False:
+            # Nobody to connect to: spare the connection attempt.
+            self.last_error = "nothing listens on the port"
+            return None
         try:
-            _, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port),
-                timeout=max(1.0, self.spec.interval),
+            await asyncio.wait_for(
+                _connect(host, port), timeout=max(1.0, self.spec.interval)
             )
         except (OSError, TimeoutError) as exc:
             self.last_error = _socket_error(exc)
             return None
-        writer.close()
         # A leftover process on the port must not pass for the module.
         if (
             self.members is not None
@@ -123,6 +142,7 @@ class ReadyCheck:
             self.last_error = (
                 f"{host}:{port} answers, but from no process of {self.module}"
             )
+            self._foreign = True
             return None
         return f"tcp {host}:{port} answered"
 
@@ -159,6 +179,29 @@ class ReadyCheck:
             self.said.cancel()
         if self._probe is not None and self._probe.running:
             signal_group(self._probe.pgid, signal.SIGKILL)
+
+
+async def _connect(host: str, port: int) -> None:
+    """Open a TCP connection and close it again."""
+    if not _local(host):
+        _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        return
+    # A bare socket: a stream's transport and protocol cost more than the
+    # connection itself on loopback.
+    addresses = {"localhost": ["127.0.0.1", "::1"], "0.0.0.0": ["127.0.0.1"]}
+    addresses["::"] = ["::1"]
+    refusal: OSError | None = None
+    for address in addresses.get(host, [host]):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK) as sock:
+            try:
+                await asyncio.get_running_loop().sock_connect(sock, (address, port))
+                return
+            except OSError as exc:
+                refusal = refusal or exc
+    assert refusal is not None
+    raise refusal
 
 
 def _local(host: str) -> bool:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import sys
 import time
 from pathlib import Path
 
+from partenza import listeners
 from tests.conftest import Booted, free_port, pids_alive, write_plan
 
 SERVE = """
@@ -128,7 +130,7 @@ def test_a_ready_timeout_fails_the_start_and_kills_the_process(
     booted = boot(plan)
     record = booted.wait_state("deaf", "failed")
     assert record["reason"] == (
-        f"not ready after 400ms (tcp 127.0.0.1:{port}: connection refused)"
+        f"not ready after 400ms (tcp 127.0.0.1:{port}: nothing listens on the port)"
     )
     assert record["failure"]["stage"] == "ready check"
     logs = booted.request("logs", module="deaf")["lines"]
@@ -438,3 +440,25 @@ def test_shutdown_leaves_no_process_of_the_plan(tmp_path: Path, boot) -> None:
     booted.finish()
     assert booted.leftovers == []
     assert "[  OK  ] plan: every module stopped" in booted.output
+
+
+def test_the_holder_of_a_listening_socket_is_found_both_ways() -> None:
+    four = socket.socket()
+    four.bind(("127.0.0.1", 0))
+    four.listen(1)
+    port = four.getsockname()[1]
+    six = socket.socket(socket.AF_INET6)
+    connected = socket.create_connection(("127.0.0.1", port))
+    try:
+        six.bind(("::1", port))
+        six.listen(1)
+        mine = {os.fstat(four.fileno()).st_ino, os.fstat(six.fileno()).st_ino}
+        # The connection on the same port is not a listener.
+        assert listeners._from_netlink([port]) == {port: mine}
+        assert listeners._from_proc(port) == mine
+        assert listeners.listener_belongs(port, [os.getpid()]) is True
+        assert listeners.listener_belongs(port, [os.getppid()]) is False
+    finally:
+        for sock in (connected, six, four):
+            sock.close()
+    assert listeners.listener_belongs(port, [os.getpid()]) is None
