@@ -63,10 +63,12 @@ class RequestError(PartenzaError):
 
 class _Connection:
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pid: int
     ) -> None:
         self.reader = reader
         self.writer = writer
+        self.pid = pid
+        """The peer's pid, as the kernel gave it on accept."""
 
     async def send(self, message: dict[str, Any]) -> None:
         self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
@@ -153,9 +155,10 @@ class ControlServer:
         assert task is not None
         self._clients.add(task)
         try:
-            if not self._allowed(writer):
+            pid = self._allowed(writer)
+            if pid is None:
                 return
-            await self._serve(_Connection(reader, writer))
+            await self._serve(_Connection(reader, writer, pid))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -168,19 +171,20 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _allowed(self, writer: asyncio.StreamWriter) -> bool:
+    def _allowed(self, writer: asyncio.StreamWriter) -> int | None:
+        """The peer's pid when it may use the socket, else None."""
         sock = writer.get_extra_info("socket")
         try:
             creds = sock.getsockopt(
                 socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
             )
         except OSError:
-            return False
+            return None
         pid, uid, _ = struct.unpack("3i", creds)
         if uid in (0, os.geteuid()):
-            return True
+            return pid
         log.warning("control socket: refused pid %d of uid %d", pid, uid)
-        return False
+        return None
 
     async def _serve(self, conn: _Connection) -> None:
         while True:
@@ -481,7 +485,7 @@ class ControlServer:
         return {}
 
     async def _continue(self, params: Params, conn: _Connection, rid: Any) -> Any:
-        self.orchestrator.resume()
+        self.orchestrator.resume(by=conn.pid)
         return {"system": self.orchestrator.system_record()}
 
 

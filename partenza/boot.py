@@ -352,6 +352,8 @@ async def _run(
         )
         orchestrator.shutdown(reason)
 
+    if not pid1:
+        seat.on_hangup = lambda: orchestrator.shutdown("terminal closed")
     handled = PID1_SIGNALS if pid1 else (*STOP_SIGNALS, signal.SIGUSR1, signal.SIGUSR2)
     for signum in handled:
         loop.add_signal_handler(signum, on_signal, signum)

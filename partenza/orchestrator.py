@@ -586,14 +586,19 @@ class Orchestrator:
         ]
         return dict(await asyncio.gather(*(one(unit) for unit in chosen)))
 
-    def resume(self) -> None:
-        """Leave rescue and go on with the boot, degraded if it must be."""
-        if self.rescue:
-            log.info("leaving rescue (%s failed)", self.rescue)
-        self.rescue = None
+    def resume(self, by: int | None = None) -> None:
+        """Leave rescue and go on with the boot, degraded if it must be.
+
+        `by` is the pid of whoever asked (a rescue shell): the `resumed` event
+        names it, so that a rescue shell on the console knows that it was
+        another one that resumed the boot, and gives the console back."""
+        failed, self.rescue = self.rescue, None
+        if failed:
+            log.info("leaving rescue (%s failed)", failed)
         for unit in self.units.values():
             self._mark(unit)
         self._update_system()
+        self.bus.publish("resumed", module=failed, by=by)
 
     async def settled(
         self, unit: Unit, wanted: Callable[[Unit], bool], timeout: float
@@ -1712,7 +1717,21 @@ class Orchestrator:
             )
             self._set_system("degraded", ", ".join(troubled))
         else:
-            self._set_system("running", "every module is up")
+            self._set_system("running", self._up_reason())
+
+    def _up_reason(self) -> str:
+        """`every module is up`, naming the modules that were stopped."""
+        stopped = sorted(
+            unit.name
+            for unit in self.units.values()
+            if unit.state == STOPPED
+            and unit.target == "down"
+            and not (unit.standby or unit.completed or unit.removing)
+        )
+        if not stopped:
+            return "every module is up"
+        names = ", ".join(stopped[:3]) + (", ..." if len(stopped) > 3 else "")
+        return f"every module is up but {names} (stopped)"
 
     def _set_system(self, state: str, reason: str) -> None:
         if state == self.system and reason == self.system_reason:

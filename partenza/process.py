@@ -16,6 +16,7 @@ into a session of their own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -24,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from partenza.paths import which
@@ -341,6 +342,17 @@ def group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+@contextlib.contextmanager
+def sigttou_blocked() -> Iterator[None]:
+    """Block SIGTTOU, so that a process in a background group may set the
+    terminal's foreground group or its modes without being stopped."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import sys
 import termios
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from partenza.console import Console
 from partenza.orchestrator import Orchestrator
-from partenza.process import Child
+from partenza.process import Child, sigttou_blocked
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,13 @@ def _terminal_path(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
 
 
-@contextlib.contextmanager
-def _no_sigttou() -> Iterator[None]:
-    """Block SIGTTOU: a background group may then set the foreground group."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
+def _hung_up(fd: int) -> bool:
+    """Whether the terminal on `fd` has hung up (its other end closed)."""
     try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        termios.tcgetattr(fd)
+    except termios.error as exc:
+        return exc.args[0] == errno.EIO
+    return False
 
 
 class Seat:
@@ -124,6 +124,8 @@ class Seat:
         self._next: tuple[str, list[str]] | None = None
         self._saved_modes: list[Any] | None = None
         self._closing = False
+        self.on_hangup: Callable[[], None] | None = None
+        """Called when the orchestrator's own terminal is found hung up."""
 
     def attach(self) -> None:
         self.orchestrator.bus.subscribe(self._on_event)
@@ -206,7 +208,7 @@ class Seat:
 
     def _foreground(self, pgid: int) -> None:
         assert self.terminal is not None
-        with _no_sigttou():
+        with sigttou_blocked():
             try:
                 os.tcsetpgrp(self.terminal.fd, pgid)
             except OSError as exc:
@@ -223,10 +225,18 @@ class Seat:
         kind, self.holder, self.holding = self.holding, None, None
         terminal = self.terminal
         assert terminal is not None
+        if terminal.own and _hung_up(terminal.fd):
+            # The terminal closed under the holder: the kernel told the
+            # holder, as its foreground group, and not us.
+            log.warning("console: the terminal hung up while %s had it", kind)
+            self.console.release()
+            if self.on_hangup is not None and not self._closing:
+                self.on_hangup()
+            return
         if terminal.own:
             self._foreground(os.getpgrp())
         if self._saved_modes is not None:
-            with _no_sigttou(), contextlib.suppress(termios.error):
+            with sigttou_blocked(), contextlib.suppress(termios.error):
                 termios.tcsetattr(terminal.fd, termios.TCSANOW, self._saved_modes)
         self.console.release()
         status = child.exited.result().describe()

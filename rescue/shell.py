@@ -64,6 +64,8 @@ RESTING = frozenset({"ready", "failed", "blocked", "stopped", "inactive"})
 QUIET = 0.3
 """Seconds without a change after which a resting module counts as settled."""
 CTRL_D = "\x04"
+RESUMED = "\x00resumed"
+"""What the prompt returns when the boot was resumed from another shell."""
 """What the prompt returns for Ctrl-D on an empty line."""
 CLEAR = "\x1b[H\x1b[2J"
 """Cursor home and erase the screen: understood by a vt100 and all after it."""
@@ -224,8 +226,25 @@ class RescueShell:
         with self._settled:
             self._settled.notify_all()
         app = self.session.app
-        if app.is_running:
-            app.invalidate()
+        if not app.is_running:
+            return
+        if self._resumed_elsewhere():
+            loop = app.loop
+            if loop is not None:
+                loop.call_soon_threadsafe(self._leave_prompt)
+        app.invalidate()
+
+    def _resumed_elsewhere(self) -> bool:
+        """Whether another shell resumed the boot, so this console shell (the
+        bluescreen's) must give the console back."""
+        by = self.watcher.resumed_by
+        return bool(self.bluescreen) and by is not None and by != os.getpid()
+
+    def _leave_prompt(self) -> None:
+        app = self.session.app
+        future = app.future
+        if app.is_running and future is not None and not future.done():
+            app.exit(result=RESUMED)
 
     def settle_mark(self) -> int:
         """A mark to pass to `wait_settled`, taken before a reload."""
@@ -363,6 +382,8 @@ class RescueShell:
     def step(self) -> int | None:
         """One prompt, one command; the exit status when the shell should end."""
         self._say_reachability()
+        if self._resumed_elsewhere():
+            return self._given_back()
         try:
             line = self.session.prompt()
         except KeyboardInterrupt:
@@ -370,6 +391,8 @@ class RescueShell:
         except EOFError:
             log.info("rescue: the terminal's input closed")
             return EXIT_OK
+        if line == RESUMED:
+            return self._given_back()
         if line == CTRL_D:
             if self.bluescreen:
                 self.say(
@@ -379,6 +402,15 @@ class RescueShell:
                 return None
             return EXIT_OK
         return self.commands.dispatch(line)
+
+    def _given_back(self) -> int:
+        system = self.watcher.system or {}
+        self.say(
+            f"rescue: the boot was resumed elsewhere (pid {self.watcher.resumed_by});"
+            f" the console goes back to the boot ({system.get('plan', 'the plan')} "
+            f"is {_state_words(system.get('state', 'unknown'))})"
+        )
+        return EXIT_OK
 
     def _say_reachability(self) -> None:
         if not self._started:

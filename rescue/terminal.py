@@ -21,6 +21,8 @@ import sys
 import termios
 from collections.abc import Iterator, MutableMapping
 
+from partenza.process import sigttou_blocked
+
 log = logging.getLogger(__name__)
 
 SERIAL_DEVICE = re.compile(
@@ -83,18 +85,8 @@ def controlling_fd() -> int | None:
     return None
 
 
-@contextlib.contextmanager
-def _no_sigttou() -> Iterator[None]:
-    """Block SIGTTOU, so that a background process may set the foreground group."""
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTTOU})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _give(fd: int, pgid: int) -> bool:
-    with _no_sigttou():
+    with sigttou_blocked():
         try:
             os.tcsetpgrp(fd, pgid)
         except OSError as exc:
@@ -128,7 +120,7 @@ def run_foreground(argv: list[str], env: dict[str, str] | None = None) -> int:
         status = _wait(child, fd)
     finally:
         _give(fd, os.getpgrp())
-        with _no_sigttou(), contextlib.suppress(termios.error):
+        with sigttou_blocked(), contextlib.suppress(termios.error):
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
     return status
 

@@ -44,6 +44,8 @@ class Watcher:
         """Each module's name to its state."""
         self.reloads = 0
         """How many reloads the stream has told of."""
+        self.resumed_by: int | None = None
+        """The pid that last resumed the boot (`continue`), once one has."""
         self.touched: dict[str, float] = {}
         """Each module's name to when (monotonic) its state last changed."""
         self.connected = False
@@ -152,6 +154,8 @@ class Watcher:
             self.modules = {**self.modules, event["module"]: event["new"]}
         elif kind == "reload":
             self.reloads += 1
+        elif kind == "resumed":
+            self.resumed_by = event.get("by") or 0
         elif kind == "added":
             record = event.get("record") or {}
             self.modules = {**self.modules, event["module"]: record.get("state", "")}

@@ -9,6 +9,7 @@ never against this machine's own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -19,8 +20,18 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from partenza.client import Client
 from rescue import auth
-from tests.conftest import PARTENZA, Booted, pids_alive, write_plan
+from tests.conftest import (
+    MARK,
+    PARTENZA,
+    Booted,
+    kill_marked,
+    partenza_env,
+    pids_alive,
+    short_dir,
+    write_plan,
+)
 
 TIMEOUT = 10
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-Za-z]|\x1b[=>]|\r")
@@ -245,3 +256,85 @@ def test_the_password_prompt_refuses_a_wrong_one_and_takes_the_right_one(
     log = (Path(booted.env["PARTENZA_STATE_DIR"]) / "rescue.log").read_text()
     assert re.search(r"WARNING rescue: wrong password for root on /dev/pts/\d+ ", log)
     assert re.search(r"INFO rescue: root authenticated on /dev/pts/\d+", log)
+
+
+def boot_on_pty(
+    tmp_path: Path, plan: Path, argv: list[str] | None = None
+) -> tuple[pexpect.spawn, dict[str, str], Path]:
+    """`partenza boot PLAN` on an 80x24 pty, its rescue shell on the same pty."""
+    env = partenza_env(tmp_path / "orchestrator", short_dir() / "run")
+    env.update(
+        TERM="vt100",
+        PROMPT_TOOLKIT_NO_CPR="1",
+        PARTENZA_RESCUE_SHADOW=str(shadow(tmp_path, "")),
+    )
+    command = argv or [PARTENZA, "boot", str(plan)]
+    child = pexpect.spawn(
+        command[0],
+        command[1:],
+        env=env,
+        dimensions=(24, 80),
+        encoding="utf-8",
+        codec_errors="replace",
+        timeout=TIMEOUT,
+    )
+    return child, env, Path(env["PARTENZA_RUNTIME_DIR"]) / "control.sock"
+
+
+def test_a_continue_from_elsewhere_gives_the_console_back(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "plan", {"db": FAILING_DB, "web": WEB, "plan.toml": ALLOW_EMPTY}
+    )
+    child, env, socket = boot_on_pty(tmp_path, plan)
+    try:
+        child.expect_exact("rescue (db failed)>")
+        with Client(socket, timeout=10) as client:
+            client.request("continue")
+        child.expect_exact("rescue: the boot was resumed elsewhere (pid ")
+        child.expect_exact("the console goes back to the boot (plan is degraded)")
+        # The progress lines have the console again.
+        with Client(socket, timeout=10) as client:
+            client.request("shutdown")
+        child.expect_exact("shutting down (shutdown requested")
+        child.expect_exact("every module stopped")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+        left = kill_marked(env[MARK])
+    assert left == []
+
+
+def test_closing_the_terminal_under_the_rescue_shell_shuts_the_plan_down(
+    tmp_path: Path,
+) -> None:
+    plan = write_plan(
+        tmp_path / "plan", {"db": FAILING_DB, "web": WEB, "plan.toml": ALLOW_EMPTY}
+    )
+    # A shell leads the terminal's session, as in a terminal window: when the
+    # terminal closes the kernel signals that shell and the foreground group
+    # (the rescue shell), not the orchestrator.
+    script = f"'{PARTENZA}' boot '{plan}'; sleep 30"
+    child, env, socket = boot_on_pty(tmp_path, plan, ["sh", "-c", script])
+    try:
+        child.expect_exact("rescue (db failed)>")
+        with Client(socket, timeout=10) as client:
+            snapshot = client.request("status")
+        pids = [snapshot["system"]["pid"]]
+        pids += [m["pid"] for m in snapshot["modules"] if m.get("pid")]
+        # Close our end of the terminal, as closing the window does.
+        child.ptyproc.fileobj.close()
+        child.ptyproc.closed = child.closed = True
+        deadline = time.monotonic() + 15
+        while pids_alive(pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pids_alive(pids) == [], "the orchestrator and its modules are gone"
+    finally:
+        if not child.closed:
+            child.close(force=True)
+        left = kill_marked(env[MARK])
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(child.pid, 0)
+    assert left == []
+    log = (tmp_path / "orchestrator" / "state" / "orchestrator.log").read_text()
+    assert "console: the terminal hung up while rescue had it" in log
+    assert "shutting down: terminal closed" in log

@@ -280,9 +280,12 @@ async def test_stop_takes_hard_dependents_down_and_start_brings_requirements_up(
     assert run.orchestrator.units["api"].reason.startswith(
         "requires db, which is being stopped"
     )
+    await run.until(lambda: run.orchestrator.system == "running")
+    assert run.orchestrator.system_reason == "every module is up but api, db (stopped)"
     run.orchestrator.start("api")
     await run.settle("api", "ready")
     assert run.state("db") == "ready"
+    assert run.orchestrator.system_reason == "every module is up"
     assert len(run.processes.of("db")) == 2
 
 
