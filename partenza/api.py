@@ -110,12 +110,16 @@ class ControlServer:
         try:
             # Traversable but not listable: modules that run as other users
             # reach the contract socket in it; the control socket is 0600.
-            folder.mkdir(parents=True, exist_ok=True)
+            # Only the last folder is made: a mistyped path makes no tree.
+            folder.mkdir(exist_ok=True)
             folder.chmod(0o711)
         except OSError as exc:
+            why = exc.strerror
+            if isinstance(exc, FileNotFoundError):
+                why = f"{folder.parent} does not exist"
             raise PartenzaError(
-                f"cannot create {folder}: {exc.strerror}",
-                "set PARTENZA_RUNTIME_DIR to a folder you may write",
+                f"cannot create the socket's folder {folder}: {why}",
+                "choose another with --socket or PARTENZA_RUNTIME_DIR",
             ) from None
         if self.path.exists() or self.path.is_symlink():
             if _answers(self.path):

@@ -87,16 +87,17 @@ def _setup_logging(state_dir: Path, console: Console) -> None:
     root.addHandler(handler)
 
 
-def _lock_state(state_dir: Path) -> int | None:
-    """Take the state folder for this orchestrator alone; None if another has it.
+def _lock_state(state_dir: Path) -> int | str | None:
+    """Take the state folder for this orchestrator alone; None if another has
+    it, or why it cannot be used.
 
     The lock is held until the process ends (or executes itself again).
     """
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(state_dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        return -1  # Nothing to lock with: say nothing, logging will complain.
+    except OSError as exc:
+        return exc.strerror or str(exc)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -160,6 +161,18 @@ def boot(
                 "(set PARTENZA_STATE_DIR to another one)",
             )
             return EXIT_CANNOT_BOOT
+        if isinstance(lock, str):
+            # Without it: no log files, no plan cache, and nothing keeps a
+            # second orchestrator off. PID 1 boots regardless.
+            problem = f"cannot use the state folder {state_dir}: {lock}"
+            if not pid1:
+                console.line(
+                    "failed",
+                    f"partenza: {problem} (set PARTENZA_STATE_DIR or --state-dir "
+                    "to a folder you may write)",
+                )
+                return EXIT_CANNOT_BOOT
+            console.line("warn", f"partenza: {problem}; booting without it")
         _setup_logging(state_dir, console)
         _raise_file_limit()
 

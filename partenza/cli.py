@@ -20,6 +20,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -102,9 +103,17 @@ def _compile(args: argparse.Namespace, use_cache: bool) -> Any:
 
             plan = compile_plan(Path(args.plan))
     except PlanError as exc:
+        from partenza.units import plural
+
         for problem in exc.problems:
             sys.stderr.write(f"{problem}\n")
-        _fail(f"{args.plan}: {exc}", "fix them and run `partenza validate` again")
+        count = len(exc.problems)
+        if args.command == "validate":
+            count += _report_unmet(exc.modules.values())
+        _fail(
+            f"{args.plan}: the plan has {plural(count, 'problem')}",
+            "fix them and run `partenza validate` again",
+        )
         return None
     return plan
 
@@ -117,15 +126,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for note in plan.notes:
         print(f"note: {note}")
-    unmet = _unmet_requirements(plan)
-    for spec, reason in unmet:
-        field = "root" if reason.startswith("needs root") else "requirements"
-        sys.stderr.write(f"{spec.file}: {field}: {spec.name} {reason}\n")
+    unmet = _report_unmet(plan.modules.values())
     failed = _run_checks(plan)
     if unmet or failed:
-        problems = len(unmet) + failed
+        problems = unmet + failed
         return _fail(
-            f"{args.plan}: {plural(problems, 'problem')}",
+            f"{args.plan}: the plan has {plural(problems, 'problem')}",
             "fix them and run `partenza validate` again",
         )
     count = len(plan.modules)
@@ -136,21 +142,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _unmet_requirements(plan: Any) -> list[tuple[Any, str]]:
-    """The modules this machine cannot run as their manifests ask, and why."""
+def _report_unmet(specs: Iterable[Any]) -> int:
+    """Say what this machine cannot give the modules as their manifests ask;
+    how many such problems there are."""
     from partenza.plan import unmet_requirements
 
+    specs = list(specs)
     netns: str | None = None
-    if any(spec.network != "host" for spec in plan.modules.values()):
+    if any(spec.network != "host" for spec in specs):
         from partenza.netns import probe
 
         netns = probe()
-    found = []
-    for spec in plan.modules.values():
-        reason = unmet_requirements(spec, euid=os.geteuid(), netns=netns)
-        if reason:
-            found.append((spec, reason))
-    return found
+    count = 0
+    for spec in specs:
+        for reason in unmet_requirements(spec, euid=os.geteuid(), netns=netns):
+            field = "root" if reason.startswith("needs root") else "requirements"
+            sys.stderr.write(f"{spec.file}: {field}: {spec.name} {reason}\n")
+            count += 1
+    return count
 
 
 def _run_checks(plan: Any) -> int:
@@ -289,7 +298,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                     )
         except KeyboardInterrupt:
             return EXIT_OK
-    return EXIT_OK
+    return _gone(f"logs {args.module}")
 
 
 def _control(args: argparse.Namespace, op: str) -> int:
@@ -389,7 +398,16 @@ def cmd_events(args: argparse.Namespace) -> int:
                     print(render.event_line(event), flush=True)
         except KeyboardInterrupt:
             return EXIT_OK
-    return EXIT_OK
+    return _gone("events")
+
+
+def _gone(command: str) -> int:
+    """A followed stream ended: the orchestrator went away."""
+    return _fail(
+        f"{command}: the orchestrator closed the connection",
+        "it shut down or was stopped; nothing more to follow",
+        EXIT_NOT_RUNNING,
+    )
 
 
 def cmd_rescue(args: argparse.Namespace) -> int:

@@ -6,9 +6,9 @@ path import it without pulling in pydantic.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,54 @@ class PartenzaError(Exception):
 class PlanError(PartenzaError):
     """A plan that cannot be compiled; `problems` lists every reason."""
 
-    def __init__(self, problems: list[Problem]) -> None:
+    def __init__(
+        self, problems: list[Problem], modules: dict[str, Any] | None = None
+    ) -> None:
         count = len(problems)
         super().__init__(f"the plan has {count} problem{'s' if count != 1 else ''}")
         self.problems = problems
+        self.modules = modules or {}
+        """The modules that compiled on their own (name to ModuleSpec), so that
+        their requirements can be checked even though the plan cannot be."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """The closest of `choices` to `word`, if one is close enough to suggest."""
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return matches[0] if matches else None
+    """The closest of `choices` to `word`, if one is close enough to suggest.
+
+    Among difflib's close matches, only one that looks like a slip of the
+    fingers is offered: the same first letter, one letter wrong, missing, extra
+    or swapped, or one word inside the other. `bogus` is not taken for `logs`.
+    """
+    import difflib  # only when something was mistyped
+
+    for match in difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6):
+        if (
+            match[:1] == word[:1]
+            or _one_slip(word, match)
+            or word in match
+            or match in word
+        ):
+            return match
+    return None
+
+
+def _one_slip(a: str, b: str) -> bool:
+    """Whether `a` and `b` differ by one letter changed, added, dropped, or by
+    two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return a == b
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        if len(diff) == 1:
+            return True
+        return (
+            len(diff) == 2
+            and diff[1] == diff[0] + 1
+            and a[diff[0]] == b[diff[1]]
+            and a[diff[1]] == b[diff[0]]
+        )
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    return any(long[:i] + long[i + 1 :] == short for i in range(len(long)))
 
 
 def suggestion(word: str, choices: Iterable[str]) -> str:

@@ -152,7 +152,7 @@ class _Strict(BaseModel):
 
 
 class _ReadyBase(_Strict):
-    timeout: Duration = 30.0
+    timeout: Annotated[Duration, Field(gt=0)] = 30.0
     """How long the module may take to become ready before the start counts as
     failed and its process group is stopped."""
     interval: Annotated[Duration, Field(gt=0)] = 0.1

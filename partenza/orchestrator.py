@@ -899,7 +899,9 @@ class Orchestrator:
             self._netns_problem = probe_netns()
             self._netns_checked = True
         netns = self._netns_problem
-        return unmet_requirements(spec, euid=os.geteuid(), netns=netns)
+        return (
+            "; ".join(unmet_requirements(spec, euid=os.geteuid(), netns=netns)) or None
+        )
 
     def _command(self, spec: ModuleSpec) -> tuple[list[str], str | None, str | None]:
         """The argv to spawn, and the user and group for the spawn to switch to."""
@@ -1079,7 +1081,7 @@ class Orchestrator:
             return
         unit.hung = True
         since = format_duration(heartbeat.interval)
-        self._set(unit, HUNG, f"no heartbeat for {since}; restarting it")
+        self._set(unit, HUNG, f"no heartbeat for {since}; stopping it")
         self._terminate(unit)
 
     def _disarm(self, unit: Unit) -> None:
@@ -1494,6 +1496,7 @@ class Orchestrator:
         blocks = sorted(
             u.name for u in self._hard_closure(unit, downward=False) if u.target == "up"
         )
+        recent = [line for line in unit.log.tail(12) if line.stream != "sys"][-8:]
         unit.failure = {
             "stage": stage,
             "error": error if not detail else f"{error}; {detail}",
@@ -1502,9 +1505,8 @@ class Orchestrator:
             "exit": unit.last_exit,
             "file": unit.spec.file,
             "blocks": blocks,
-            "logs": [line.text for line in unit.log.tail(12) if line.stream != "sys"][
-                -8:
-            ],
+            "logs": [line.text for line in recent],
+            "streams": [line.stream for line in recent],
         }
         reason = error
         if unit.restarts:

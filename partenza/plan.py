@@ -434,8 +434,6 @@ def compile_plan(folder: Path | str) -> Plan:
     )
     compiler.run()
     problems += compiler.problems
-    if problems:
-        raise PlanError(problems)
     fallback = None
     if settings and settings.fallback:
         folder_of_fallback = (base / settings.fallback).resolve()
@@ -473,7 +471,7 @@ def compile_plan(folder: Path | str) -> Plan:
             )
         )
     if problems:
-        raise PlanError(problems)
+        raise PlanError(problems, modules)
     logs = settings.logs if settings else mf.LogSettings()
     console = settings.console if settings else mf.ConsoleSettings()
     rescue = settings.rescue if settings else mf.RescueSettings()
@@ -639,36 +637,43 @@ def _compile_module(
     return spec, problems
 
 
-def unmet_requirements(spec: ModuleSpec, *, euid: int, netns: str | None) -> str | None:
-    """Why this orchestrator cannot run `spec` as it asks, or None when it can.
+def unmet_requirements(spec: ModuleSpec, *, euid: int, netns: str | None) -> list[str]:
+    """Why this orchestrator cannot run `spec` as it asks; empty when it can.
 
     Args:
         euid: The orchestrator's effective uid.
         netns: Why network namespaces cannot be made here, or None if they can.
     """
+    reasons: list[str] = []
     if spec.root and euid != 0:
-        return f"needs root; the orchestrator runs as uid {euid}"
+        reasons.append(f"needs root; the orchestrator runs as uid {euid}")
     if spec.user is not None:
         try:
             entry = pwd.getpwnam(spec.user)
         except KeyError:
-            return f"runs as user {spec.user!r}, which does not exist"
-        if euid != 0 and entry.pw_uid != euid:
-            return (
-                f"runs as user {spec.user!r}, which needs an orchestrator run as root"
-            )
+            reasons.append(f"runs as user {spec.user!r}, which does not exist")
+        else:
+            if euid != 0 and entry.pw_uid != euid:
+                reasons.append(
+                    f"runs as user {spec.user!r}, which needs an orchestrator run "
+                    "as root"
+                )
     if spec.group is not None:
         try:
             grp.getgrnam(spec.group)
         except KeyError:
-            return f"runs as group {spec.group!r}, which does not exist"
-        if euid != 0:
-            return (
-                f"runs as group {spec.group!r}, which needs an orchestrator run as root"
-            )
+            reasons.append(f"runs as group {spec.group!r}, which does not exist")
+        else:
+            if euid != 0:
+                reasons.append(
+                    f"runs as group {spec.group!r}, which needs an orchestrator run "
+                    "as root"
+                )
     if spec.network != "host" and netns is not None:
-        return f"needs a network namespace of its own ({spec.network}): {netns}"
-    return None
+        reasons.append(
+            f"needs a network namespace of its own ({spec.network}): {netns}"
+        )
+    return reasons
 
 
 def _check_program(program: str, env: dict[str, str], workdir: Path) -> str | None:

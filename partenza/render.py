@@ -295,3 +295,14 @@ def plan_text(plan: Any, width: int = 80) -> str:
             where = local(note.file) + (f": {note.field}" if note.field else "")
             add(f"{where}: {note.message}", 2)
     return "\n".join(lines)
+
+
+def failure_output(failure: dict[str, Any]) -> list[tuple[str, str]]:
+    """The last lines a failed module wrote, each with the mark `logs` gives
+    it: `|` for standard output, `!` for standard error."""
+    texts = failure.get("logs") or []
+    streams = failure.get("streams") or []
+    return [
+        ("!" if index < len(streams) and streams[index] == "err" else "|", text)
+        for index, text in enumerate(texts)
+    ]

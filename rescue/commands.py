@@ -182,7 +182,9 @@ class Commands:
         except ClientError as exc:
             for problem in group_problems(exc.problems):
                 self.say(problem)
-            self.say(f"rescue: {name}: {exc}")
+            # Hints name CLI commands; here the same commands go without
+            # `partenza`.
+            self.say(f"rescue: {name}: {str(exc).replace('`partenza ', '`')}")
         except KeyboardInterrupt:
             self.say(f"rescue: {name}: interrupted")
         except Exception as exc:
@@ -236,11 +238,11 @@ class Commands:
         self.say(f"  stage:    {stage} ({STAGES.get(stage, 'see its logs')})")
         self.say(f"  error:    {printable(failure.get('error') or '-')}")
         self.say(f"  manifest: {record.get('path') or record.get('file')}")
-        logs = failure.get("logs") or []
+        logs = render.failure_output(failure)
         if logs:
             self.say("  last output:")
-            for text in logs[-5:]:
-                self.say(f"  | {printable(text)[:width]}")
+            for mark, text in logs[-5:]:
+                self.say(f"  {mark} {printable(text)[:width]}")
         self.say(f"`logs {root}` shows more; `edit {root}` mends it, then `reload`")
 
     @command(

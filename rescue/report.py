@@ -12,7 +12,7 @@ import textwrap
 import time
 from typing import Any
 
-from partenza.render import clock
+from partenza.render import clock, failure_output
 
 STAGES = {
     "starting": "the program could not be started",
@@ -118,15 +118,15 @@ def bluescreen(
 
     # The last output takes what is left, above the rule and the hints.
     footer = 1 + len(HINTS)
-    logs = [printable(text) for text in failure.get("logs") or []]
+    logs = [f"{mark} {printable(text)}" for mark, text in failure_output(failure)]
     free = height - len(lines) - footer - 2
     if logs and free > 0:
         lines.append("")
         lines.append(f"  last output of {module}:")
         shown = logs[-free:]
         if len(shown) < len(logs):
-            shown[0] = f"({len(logs) - len(shown) + 1} earlier lines not shown)"
-        lines.extend(f"  | {_fit(text, width - 4)}" for text in shown)
+            shown[0] = f"| ({len(logs) - len(shown) + 1} earlier lines not shown)"
+        lines.extend(f"  {_fit(text, width - 2)}" for text in shown)
     lines.append(" " + "-" * (width - 1))
     for first, what, second, then in HINTS:
         # The module's own name where it fits the column, else the word MODULE.

@@ -297,15 +297,17 @@ class RescueShell:
                     "opened here; `partenza rescue` opens one from a terminal"
                 )
                 return EXIT_OK
+        # Say first that nobody answers: the password is asked all the same,
+        # under the strictest setting, as the plan's cannot be read.
+        if snapshot is None:
+            self.say(f"rescue: {problem}; `sh` and `edit FILE` work without it")
         # Check root's password.
         if self.authenticate and not self.login(
             settings.get("empty_password", "refuse")
         ):
             return EXIT_REFUSED
         # Open the prompt.
-        if snapshot is None:
-            self.say(f"rescue: {problem}")
-        elif not self.bluescreen:
+        if snapshot is not None and not self.bluescreen:
             system = snapshot["system"]
             state = _state_words(system["state"])
             self.say(f"{system['plan']} is {state} ({system['reason']})")

@@ -281,7 +281,7 @@ def test_a_module_that_stops_heartbeating_is_hung_and_restarted(
         "restarting",
     ]
     hung = next(e for e in events if e["type"] == "state" and e["new"] == "hung")
-    assert hung["reason"] == "no heartbeat for 300ms; restarting it"
+    assert hung["reason"] == "no heartbeat for 300ms; stopping it"
     assert events[-1]["reason"].startswith("hung: no heartbeat for 300ms; restart 1")
     deadline = time.monotonic() + 5
     while "[ WARN ] beater: hung, no heartbeat for 300ms" not in booted.output:

@@ -223,6 +223,7 @@ def test_events_stream_follows_state_changes(tmp_path: Path, boot) -> None:
         [PARTENZA, "events", "--json"],
         env=booted.env,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
     try:
@@ -241,6 +242,15 @@ def test_events_stream_follows_state_changes(tmp_path: Path, boot) -> None:
             ("worker", "initializing"),
             ("worker", "ready"),
         ]
+        # When the orchestrator goes, the stream says so and ends.
+        assert booted.cli("shutdown").returncode == 0
+        rest, errors = events.communicate(timeout=20)
+        assert json.loads(rest.splitlines()[-1])["type"] in ("system", "state")
+        assert events.returncode == 3
+        assert errors == (
+            "partenza: events: the orchestrator closed the connection (it shut "
+            "down or was stopped; nothing more to follow)\n"
+        )
     finally:
         events.kill()
         events.wait()
@@ -275,6 +285,36 @@ def test_without_an_orchestrator_clients_exit_3_with_a_hint(tmp_path: Path) -> N
         f"partenza: no orchestrator answers on {tmp_path}/run/"
     )
     assert "is `partenza boot` running?" in result.stderr
+
+
+def test_a_boot_refuses_unusable_state_and_socket_folders(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path / "plan", SIMPLE)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("where a folder should be")
+
+    def boot_with(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [PARTENZA, "boot", str(plan)],
+            env={**partenza_env(tmp_path / "o"), **env},
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+
+    state = boot_with(PARTENZA_STATE_DIR=str(blocker / "state"))
+    assert state.returncode == 1
+    assert state.stdout.rstrip().endswith(
+        f"partenza: cannot use the state folder {blocker}/state: Not a directory "
+        "(set PARTENZA_STATE_DIR or --state-dir to a folder you may write)"
+    )
+    missing = tmp_path / "no" / "such"
+    socket = boot_with(PARTENZA_RUNTIME_DIR=str(missing / "run"))
+    assert socket.returncode == 1
+    assert (
+        f"partenza: cannot create the socket's folder {missing}/run: {missing} "
+        "does not exist (choose another with --socket or PARTENZA_RUNTIME_DIR)"
+    ) in socket.stdout
+    assert not missing.exists(), "no folder tree was made for a mistyped path"
 
 
 def test_a_second_orchestrator_on_the_same_socket_is_refused(

@@ -143,6 +143,12 @@ SCHEMA_CASES = [
         id="duration-zero-interval",
     ),
     pytest.param(
+        'exec = "true"\n[ready]\nkind = "tcp"\nport = 8080\ntimeout = "0s"\n',
+        "ready.timeout",
+        "expected more than 0, got '0s'",
+        id="duration-zero-ready-timeout",
+    ),
+    pytest.param(
         'exec = "true"\n[stop]\nsignal = "SIGFOO"\n',
         "stop.signal",
         "expected a signal name like SIGTERM, SIGINT or SIGQUIT, got 'SIGFOO'",
@@ -673,20 +679,20 @@ def test_requirements_are_checked_against_this_orchestrator(tmp_path: Path) -> N
         )
     )
     modules = plan.modules
-    assert unmet_requirements(modules["ghost"], euid=0, netns=None) == (
+    assert unmet_requirements(modules["ghost"], euid=0, netns=None) == [
         "runs as user 'no-such-user-pz', which does not exist"
-    )
-    assert unmet_requirements(modules["nogroup"], euid=0, netns=None) == (
+    ]
+    assert unmet_requirements(modules["nogroup"], euid=0, netns=None) == [
         "runs as group 'no-such-group-pz', which does not exist"
-    )
-    assert unmet_requirements(modules["admin"], euid=1000, netns=None) == (
+    ]
+    assert unmet_requirements(modules["admin"], euid=1000, netns=None) == [
         "needs root; the orchestrator runs as uid 1000"
-    )
-    assert unmet_requirements(modules["admin"], euid=0, netns=None) is None
-    assert unmet_requirements(modules["isolated"], euid=0, netns="not allowed") == (
+    ]
+    assert unmet_requirements(modules["admin"], euid=0, netns=None) == []
+    assert unmet_requirements(modules["isolated"], euid=0, netns="not allowed") == [
         "needs a network namespace of its own (none): not allowed"
-    )
-    assert unmet_requirements(modules["isolated"], euid=0, netns=None) is None
+    ]
+    assert unmet_requirements(modules["isolated"], euid=0, netns=None) == []
 
 
 def test_existing_user_and_group_are_accepted(tmp_path: Path) -> None:

@@ -634,3 +634,30 @@ def test_plan_of_an_invalid_plan(tmp_path: Path) -> None:
         f"{folder}/a.toml: requires: dependency cycle: a -> a ({folder}/a.toml: "
         'requires "a")'
     )
+
+
+def test_validate_lists_every_problem_at_once(tmp_path: Path) -> None:
+    """Problems of the settings, of the manifests and of what this machine can
+    give are all listed in one run, not one stage at a time."""
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "a": 'exec = "sleep 1"\nworkdir = "/no/such/dir"\n'
+            'user = "no-such-user-pz"\ngroup = "no-such-group-pz"\n',
+            "plan.toml": 'prefer = { zz = "a" }\nmain = "nomod"\n',
+        },
+    )
+    done = run_cli(tmp_path, "validate", str(plan))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines == [
+        f"{plan}/a.toml: workdir: no such folder: /no/such/dir",
+        f"{plan}/plan.toml: prefer.zz: no module provides 'zz'",
+        f"{plan}/plan.toml: main: no module named 'nomod'",
+        f"{plan}/a.toml: requirements: a runs as user 'no-such-user-pz', "
+        "which does not exist",
+        f"{plan}/a.toml: requirements: a runs as group 'no-such-group-pz', "
+        "which does not exist",
+        f"partenza: {plan}: the plan has 5 problems "
+        "(fix them and run `partenza validate` again)",
+    ]

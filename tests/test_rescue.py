@@ -180,7 +180,7 @@ def test_why_follows_the_chain_to_the_failure_and_its_output(
     assert "db failed for good:" in printed
     assert "  stage:    running (it was started, then ended)" in printed
     assert f"  manifest: {broken.plan / 'db.toml'}" in printed
-    assert "  | db: cannot open /data" in printed
+    assert "  ! db: cannot open /data" in printed
 
 
 def test_logs_shows_the_last_lines_and_says_what_is_wrong_with_its_arguments(
@@ -201,6 +201,9 @@ def test_logs_shows_the_last_lines_and_says_what_is_wrong_with_its_arguments(
     )
     assert shell.line("logs dbb") == (
         "rescue: logs: unknown module 'dbb' (did you mean 'db'?)\n"
+    )
+    assert shell.line("logs zzz") == (
+        "rescue: logs: unknown module 'zzz' (`status` lists them)\n"
     )
 
 
@@ -393,7 +396,7 @@ def test_the_bluescreen_fits_80_by_24_and_says_what_failed(broken: Booted) -> No
         "  error     exited 3; start limit spent (2 in 10s)",
         "  blocked   web",
         f"  manifest  {broken.plan / 'db.toml'}",
-        "  | db: cannot open /data",
+        "  ! db: cannot open /data",
         "  why db, logs db           what happened    edit db, reload     mend it",
     ):
         assert wanted in text.splitlines(), f"{wanted!r} not in\n{text}"
@@ -443,7 +446,7 @@ def test_main_draws_the_bluescreen_then_opens_the_shell(
     assert shell.shell.main() == 0
     printed = shell.out.getvalue()
     assert printed.startswith(" PARTENZA RESCUE: db failed and is critical")
-    assert "  | db: cannot open /data\n" in printed
+    assert "  ! db: cannot open /data\n" in printed
     assert "Partenza rescue shell: `help` lists the commands.\n" in printed
     assert "\x1b[2J" not in printed, "a string is not a terminal to clear"
 
@@ -630,6 +633,7 @@ def test_a_lost_orchestrator_is_said_plainly_and_the_shell_goes_on(
     assert shell.line("help logs").startswith("usage: logs MODULE")
     # Another orchestrator on the same socket: the shell follows it.
     runtime = {"PARTENZA_RUNTIME_DIR": str(booted.socket.parent)}
+    booted.socket.parent.parent.mkdir(exist_ok=True)
     again = Booted(booted.plan, tmp_path / "again", [], env=runtime)
     try:
         again.wait_socket()
@@ -655,6 +659,7 @@ def test_without_an_orchestrator_the_shell_opens_all_the_same(
         in (printed)
     )
     assert "rescue: the orchestrator is unreachable: " in printed
+    assert "; `sh` and `edit FILE` work without it\n" in printed
     assert shell.shell.prompt_text() == "rescue (unreachable)> "
 
 

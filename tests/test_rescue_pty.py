@@ -148,10 +148,10 @@ def test_from_the_bluescreen_to_a_running_system(tmp_path: Path, boot) -> None:
         screen.expect("  stage     running (it was started, then ended)")
         screen.expect("  blocked   web")
         screen.expect("  manifest  ")
-        screen.expect("  | db: cannot open /data")
+        screen.expect("  ! db: cannot open /data")
         unwrapped = re.sub(r"\n {12}", "", screen.seen)
         assert f"  manifest  {plan / 'db.toml'}\n" in unwrapped
-        screen.expect("  | db: cannot open /data")
+        screen.expect("  ! db: cannot open /data")
         screen.expect('root has an empty password; allowed (empty_password = "allow")')
         screen.prompt("db failed")
         # Why it failed, and what it wrote.

@@ -250,6 +250,7 @@ def blocked_recording() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "db: opening /var/lib/db",
             "db: cannot open data dir: Permission denied",
         ],
+        "streams": ["out", "err"],
     }
     ready = {"state": "ready", "reason": "process started", "since": T0 + 0.1}
     snapshot = {
@@ -877,8 +878,9 @@ def test_snapshot_why_blocked_chain(snap_compare: Any) -> None:
     `# shop blocked: requires api, which is blocked`, under it `<- # api
     blocked: requires db, which failed`, under that `<- X db failed: exited 1
     after 4 restarts; start limit spent (5 in 1m00s)` with its stage, last
-    exit, restarts, manifest, what it holds back and its last two log lines,
-    then `root cause: db failed`.
+    exit, restarts, manifest, what it holds back and its last two log lines
+    (`| db: opening`, then `! db: cannot open` from stderr), then `root cause:
+    db failed`.
     """
     app, _ = blocked_app()
 

@@ -15,6 +15,7 @@ from textual.scroll_view import ScrollView
 from textual.strip import Strip
 from textual.widgets import Footer, Static
 
+from partenza.render import failure_output
 from partenza.units import format_duration
 from tui.model import Bar, Model, Reason
 from tui.style import BOLD, DIM, GLYPHS, glyph, state_style
@@ -121,11 +122,11 @@ def why_text(chain: list[Reason]) -> Text:
                 text.append(pad + "; ".join(facts) + "\n", DIM)
             if failure.get("blocks"):
                 text.append(pad + "holds back: " + ", ".join(failure["blocks"]) + "\n")
-            logs = failure.get("logs") or []
+            logs = failure_output(failure)
             if logs:
                 text.append(pad + "its last lines:\n", DIM)
-                for line in logs[-8:]:
-                    text.append(pad + "  " + line + "\n")
+                for mark, line in logs[-8:]:
+                    text.append(pad + f"  {mark} " + line + "\n")
     text.append("\n")
     root = chain[-1]
     if len(chain) == 1 and root.state in ("ready", "stopped", "inactive"):
