@@ -148,6 +148,9 @@ class Unit:
         self.last_exit: str | None = None
         self.started_at: float | None = None
         self.ready_at: float | None = None
+        self.first_started_at: float | None = None
+        self.first_ready_at: float | None = None
+        """When its first process started and became ready: the boot timeline."""
         self.completed = False
         self.stopping = False
         self.killed = False
@@ -471,8 +474,16 @@ class Orchestrator:
         return unit
 
     def restart(self, name: str) -> Unit:
-        """Stop a module and start it again, its start limit reset."""
+        """Stop a module and start it again, its start limit reset.
+
+        What requires it, running, is restarted with it, as it may hold a
+        connection to the old process; it starts again once the module is
+        ready."""
         unit = self.units[name]
+        for dependent in self._hard_closure(unit, downward=False):
+            if dependent.child is not None and not dependent.stopping:
+                dependent.restart_after_stop = True
+                self._stop(dependent, f"requires {name}, which is restarting")
         unit.restarts += 1
         if unit.child is not None and not unit.stopping:
             unit.target = "up"
@@ -856,6 +867,8 @@ class Orchestrator:
         unit.child = child
         unit.started_at = time.time()
         unit.ready_at = None
+        if unit.first_started_at is None:
+            unit.first_started_at = unit.started_at
         unit.log.note(f"started pid {child.pid}: {shlex.join(spec.argv)}")
         self._set(
             unit, INITIALIZING, f"pid {child.pid}, waiting for {spec.ready.describe()}"
@@ -957,6 +970,8 @@ class Orchestrator:
                     self._terminate(unit)
             elif not unit.stopping and child.running:
                 unit.ready_at = time.time()
+                if unit.first_ready_at is None:
+                    unit.first_ready_at = unit.ready_at
                 took = time.monotonic() - child.started
                 self._set(unit, READY, how, ready_in=round(took, 4))
             elif not child.running and not unit.stopping:
@@ -1767,6 +1782,8 @@ class Orchestrator:
             "last_exit": unit.last_exit,
             "started_at": unit.started_at,
             "ready_at": unit.ready_at,
+            "first_started_at": unit.first_started_at,
+            "first_ready_at": unit.first_ready_at,
             "description": spec.description,
             "file": spec.file,
             "path": unit.path,

@@ -36,8 +36,6 @@ from partenza.process import Child, sigttou_blocked
 log = logging.getLogger(__name__)
 
 HOLDER_STOP_TIMEOUT = 3.0
-REOPEN_AFTER = 2.0
-"""Seconds before a rescue shell that ended is opened again, while in rescue."""
 
 
 @dataclass
@@ -126,6 +124,8 @@ class Seat:
         self._closing = False
         self.on_hangup: Callable[[], None] | None = None
         """Called when the orchestrator's own terminal is found hung up."""
+        self._waiting_fd: int | None = None
+        """The terminal read for an Enter that opens a new rescue shell."""
 
     def attach(self) -> None:
         self.orchestrator.bus.subscribe(self._on_event)
@@ -146,6 +146,8 @@ class Seat:
         plan = self.orchestrator.plan
         if kind == "system" and event["old"] is None and plan.console.mode == "top":
             self.give("top", self._command("top"))
+        elif kind == "resumed":
+            self._stop_waiting()
         elif kind == "bluescreen":
             if not plan.rescue.shell:
                 return
@@ -167,6 +169,8 @@ class Seat:
         terminal = self.terminal
         if terminal is None or self._closing:
             return
+        self._stop_waiting()
+        self._fresh_fd(terminal)
         if self.holder is not None:
             self._next = (kind, argv)
             self.holder.popen.send_signal(signal.SIGTERM)
@@ -250,15 +254,72 @@ class Seat:
             if not self.orchestrator.shutting_down:
                 self.give("top", self._command("top"))
         elif kind == "rescue" and self.orchestrator.rescue is not None:
-            # As sulogin does: while the system is in rescue, the console keeps
-            # a rescue shell.
+            # As sulogin does: while the system is in rescue, the console
+            # offers a rescue shell, at a key press so that a shell that
+            # cannot open (a refused password) does not come back in a loop.
             module = self.orchestrator.rescue
             self.console.line(
                 "warn",
                 f"partenza: the rescue shell {status} and {module} is still down; "
-                f"it opens again in {REOPEN_AFTER:g}s",
+                "press Enter on the console for a new one",
             )
-            asyncio.get_running_loop().call_later(REOPEN_AFTER, self._reopen, module)
+            self._wait_for_enter(module)
+
+    def _wait_for_enter(self, module: str, *, fresh: bool = False) -> None:
+        terminal = self.terminal
+        assert terminal is not None
+        loop = asyncio.get_running_loop()
+        fd = self._fresh_fd(terminal)
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data and b"\n" not in data and b"\r" not in data:
+                return
+            self._stop_waiting()
+            if data:
+                self._reopen(module)
+            elif terminal.own:
+                if self.on_hangup is not None and not self._closing:
+                    log.warning("console: the terminal hung up")
+                    self.on_hangup()
+            elif not fresh:
+                self._wait_for_enter(module, fresh=True)
+            else:
+                log.warning("console: %s gives no input", terminal.path)
+
+        try:
+            loop.add_reader(fd, readable)
+        except (OSError, ValueError) as exc:
+            log.warning("console: cannot wait for a key on the terminal: %s", exc)
+            return
+        self._waiting_fd = fd
+
+    def _fresh_fd(self, terminal: Terminal) -> int:
+        """The terminal's descriptor, opened again if it was hung up.
+
+        A terminal that is not the orchestrator's own (a serial console) is
+        hung up for every descriptor open on it when the session of a program
+        it was lent to ends; the device itself works on."""
+        if terminal.own or not _hung_up(terminal.fd):
+            return terminal.fd
+        try:
+            fd = os.open(terminal.path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("console %s: cannot open it again: %s", terminal.path, exc)
+            return terminal.fd
+        os.close(terminal.fd)
+        terminal.fd = fd
+        return fd
+
+    def _stop_waiting(self) -> None:
+        if self._waiting_fd is not None:
+            asyncio.get_running_loop().remove_reader(self._waiting_fd)
+            self._waiting_fd = None
 
     def _reopen(self, module: str) -> None:
         if self._closing or self.orchestrator.shutting_down:
@@ -269,6 +330,7 @@ class Seat:
     async def close(self) -> None:
         """Stop whatever holds the console and take it back."""
         self._closing = True
+        self._stop_waiting()
         holder = self.holder
         if holder is not None and holder.running:
             holder.popen.send_signal(signal.SIGTERM)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -25,12 +24,6 @@ from partenza.process import sigttou_blocked
 
 log = logging.getLogger(__name__)
 
-SERIAL_DEVICE = re.compile(
-    r"^/dev/(console|ttyS\d+|ttyAMA\d+|ttyUSB\d+|ttyACM\d+|hvc\d+|ttymxc\d+|ttyO\d+)$"
-)
-"""Terminals that are serial lines (or may be: `/dev/console`)."""
-PLAIN_TERMS = frozenset({"vt100", "vt102", "vt220", "linux", "dumb"})
-"""Terminal types that never answer a cursor-position request over a line."""
 EDITORS = ("vi", "nano")
 """Tried in this order when `$EDITOR` is not set or not installed."""
 
@@ -54,25 +47,18 @@ def stdin_device() -> str | None:
         return None
 
 
-def is_serial(device: str | None) -> bool:
-    return bool(device and SERIAL_DEVICE.match(device))
-
-
-def prepare_environment(
-    env: MutableMapping[str, str] | None = None, device: str | None = None
-) -> None:
+def prepare_environment(env: MutableMapping[str, str] | None = None) -> None:
     """Set up `env` (default: `os.environ`) for a console that may be serial.
 
-    Without `TERM` the terminal is taken for a vt100. On a vt100 or Linux
-    console, or on a serial line, prompt-toolkit is told not to ask for the
-    cursor position (`PROMPT_TOOLKIT_NO_CPR=1`), which nothing would answer.
+    Without `TERM` the terminal is taken for a vt100. prompt-toolkit is told
+    not to ask for the cursor position (`PROMPT_TOOLKIT_NO_CPR=1`): a serial
+    line or a plain console would never answer, and a shell whose completions
+    are listed as readline lists them has no use for the answer anyway.
     """
     env = os.environ if env is None else env
-    device = stdin_device() if device is None else device
     if not env.get("TERM"):
         env["TERM"] = "vt100"
-    if env["TERM"] in PLAIN_TERMS or is_serial(device):
-        env["PROMPT_TOOLKIT_NO_CPR"] = "1"
+    env["PROMPT_TOOLKIT_NO_CPR"] = "1"
 
 
 def controlling_fd() -> int | None:

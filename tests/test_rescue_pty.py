@@ -259,14 +259,15 @@ def test_the_password_prompt_refuses_a_wrong_one_and_takes_the_right_one(
 
 
 def boot_on_pty(
-    tmp_path: Path, plan: Path, argv: list[str] | None = None
+    tmp_path: Path, plan: Path, argv: list[str] | None = None, password: str = ""
 ) -> tuple[pexpect.spawn, dict[str, str], Path]:
-    """`partenza boot PLAN` on an 80x24 pty, its rescue shell on the same pty."""
+    """`partenza boot PLAN` on an 80x24 pty, its rescue shell on the same pty,
+    root's password field in the shadow file being `password`."""
     env = partenza_env(tmp_path / "orchestrator", short_dir() / "run")
     env.update(
         TERM="vt100",
         PROMPT_TOOLKIT_NO_CPR="1",
-        PARTENZA_RESCUE_SHADOW=str(shadow(tmp_path, "")),
+        PARTENZA_RESCUE_SHADOW=str(shadow(tmp_path, password)),
     )
     command = argv or [PARTENZA, "boot", str(plan)]
     child = pexpect.spawn(
@@ -338,3 +339,29 @@ def test_closing_the_terminal_under_the_rescue_shell_shuts_the_plan_down(
     log = (tmp_path / "orchestrator" / "state" / "orchestrator.log").read_text()
     assert "console: the terminal hung up while rescue had it" in log
     assert "shutting down: terminal closed" in log
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the password is asked for root only")
+def test_a_refused_console_shell_waits_for_enter_instead_of_looping(
+    tmp_path: Path,
+) -> None:
+    plan = write_plan(tmp_path / "plan", {"db": FAILING_DB, "web": WEB})
+    child, env, socket = boot_on_pty(tmp_path, plan, password="!")
+    try:
+        child.expect_exact("root's password is locked; refused")
+        child.expect(r"press Enter\s+on the console for a new one")
+        # Nothing comes back by itself.
+        waited = child.expect_exact(["PARTENZA RESCUE", pexpect.TIMEOUT], timeout=3)
+        assert waited == 1, "the shell did not open again unasked"
+        child.send("\r")
+        child.expect_exact("PARTENZA RESCUE: db failed and is critical")
+        child.expect_exact("root's password is locked; refused")
+        child.expect(r"press Enter\s+on the console for a new one")
+        with Client(socket, timeout=10) as client:
+            client.request("shutdown")
+        child.expect_exact("every module stopped")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+        left = kill_marked(env[MARK])
+    assert left == []

@@ -407,6 +407,34 @@ async def test_restart_starts_a_new_process_and_counts_it(run: Run) -> None:
     ]
 
 
+@scenario({"db": "", "api": 'requires = ["db"]\n', "cron": 'wants = ["db"]\n'})
+async def test_a_restart_takes_what_requires_it_along(run: Run) -> None:
+    await run.until(lambda: all(s == "ready" for s in run.states().values()))
+    run.orchestrator.restart("db")
+    db, api = run.orchestrator.units["db"], run.orchestrator.units["api"]
+    await run.until(
+        lambda: db.generation == 2 and api.generation == 2 and api.state == "ready"
+    )
+    assert run.orchestrator.units["cron"].generation == 1, "a soft dependent stays"
+    started = {
+        e["module"]: e["seq"]
+        for e in run.events
+        if e["type"] == "state" and e["new"] == "initializing"
+    }
+    ready = {
+        e["module"]: e["seq"]
+        for e in run.events
+        if e["type"] == "state" and e["new"] == "ready"
+    }
+    assert ready["db"] < started["api"], "api starts again once db is ready"
+    stopping = next(
+        e
+        for e in run.events
+        if e["type"] == "state" and e["module"] == "api" and e["new"] == "stopping"
+    )
+    assert stopping["reason"].startswith("requires db, which is restarting; ")
+
+
 @scenario({"a": "", "b": FAST_RESTART}, {"b": crashes(1)})
 async def test_the_boot_event_comes_once_with_the_final_counts(run: Run) -> None:
     await run.until(lambda: any(e["type"] == "boot" for e in run.events))

@@ -264,6 +264,22 @@ def test_timeline_orders_by_start() -> None:
     assert bars[2] == ("c", None, None)
 
 
+def test_timeline_keeps_the_boot_time_start_of_a_restarted_module() -> None:
+    """A `top` opened after a restart still draws the module's boot-time bar."""
+    model = Model()
+    restarted = record(
+        "web",
+        started_at=T0 + 40,
+        ready_at=T0 + 40.2,
+        first_started_at=T0 + 0.1,
+        first_ready_at=T0 + 0.3,
+        restarts=1,
+    )
+    model.load(snapshot(restarted))
+    [bar] = model.timeline()
+    assert (bar.started, bar.ready) == (pytest.approx(0.1), pytest.approx(0.3))
+
+
 def test_text_helpers() -> None:
     assert short_exit("exited 1") == "exit 1"
     assert short_exit("killed by SIGKILL") == "SIGKILL"

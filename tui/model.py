@@ -127,8 +127,9 @@ class Module:
         module = cls(**{k: v for k, v in record.items() if k in names})
         module.provides = list(module.provides or [])
         module.deps = [dict(dep) for dep in module.deps or []]
-        module.first_started = module.started_at
-        module.first_ready = module.ready_at
+        # The boot timeline shows the first start, not the latest restart.
+        module.first_started = record.get("first_started_at") or module.started_at
+        module.first_ready = record.get("first_ready_at") or module.ready_at
         module.probe = record.get("health")
         return module
 
