@@ -619,11 +619,32 @@ async def test_filter_by_name_then_clear_it() -> None:
         table = app.table
         await pilot.press("slash", "w", "o")
         assert table.rows == ["worker"]
+        assert tree_modules(app) == ["worker"], "the tree is filtered too"
         await pilot.press("enter")
         assert table.has_focus and table.rows == ["worker"]
         assert app.selected == "worker"
         await pilot.press("slash", "escape")
         assert table.rows == ["chatty", "crashy", "web", "worker"]
+        assert tree_modules(app) == ["chatty", "crashy", "worker", "    web"]
+        # A match deep in the tree keeps what leads to it.
+        await pilot.press("slash", "w", "e")
+        assert table.rows == ["web"]
+        assert tree_modules(app) == ["worker", "    web"]
+
+
+def tree_modules(app: TopApp) -> list[str]:
+    """The modules in the dependency tree, indented by depth."""
+    found: list[str] = []
+
+    def walk(node: Any, depth: int) -> None:
+        for child in node.children:
+            item = child.data
+            if item is not None and item.kind == "module":
+                found.append("  " * depth + item.name)
+            walk(child, depth + 1)
+
+    walk(app.dep_tree.root, 0)
+    return found
 
 
 @pilot_test

@@ -319,10 +319,10 @@ class TopApp(App[int]):
         change, self._pending = self._pending, Change()
         self._redraw_due = False
         self._draw_bar()
-        if change.structure:
-            self.dep_tree.build()
-            if self.selected:
-                self.dep_tree.show_module(self.selected)
+        # Under a state filter a change of state can move a module in or out.
+        refilter = change.modules and self.table.state_filter != "all"
+        if change.structure or refilter:
+            self._build_tree()
         elif change.modules:
             self.dep_tree.update_modules(change.modules)
         self.table.reload()
@@ -331,6 +331,15 @@ class TopApp(App[int]):
         screen = self.screen
         if isinstance(screen, (WhyScreen, TimelineScreen)):
             screen.update_view()
+
+    def _build_tree(self) -> None:
+        """The tree, showing what the table's filters let through."""
+        table = self.table
+        filtered = bool(table.name_filter) or table.state_filter != "all"
+        keep = self.model.kept_by(table.name_filter, table.state_filter)
+        self.dep_tree.build(keep if filtered else None)
+        if self.selected:
+            self.dep_tree.show_module(self.selected)
 
     def _draw_bar(self) -> None:
         self._bar.show(self.model, self.link, self.clock())
@@ -573,6 +582,7 @@ class TopApp(App[int]):
         index = STATE_FILTERS.index(table.state_filter)
         table.state_filter = STATE_FILTERS[(index + 1) % len(STATE_FILTERS)]
         table.reload()
+        self._build_tree()
         self._draw_filters()
 
     def action_search_log(self) -> None:
@@ -596,6 +606,7 @@ class TopApp(App[int]):
         if message.input.id == "filter":
             self.table.name_filter = message.value
             self.table.reload()
+            self._build_tree()
             self._draw_filters()
 
     def on_input_submitted(self, message: Input.Submitted) -> None:
@@ -613,6 +624,7 @@ class TopApp(App[int]):
         if message.input.id == "filter":
             self.table.name_filter = ""
             self.table.reload()
+            self._build_tree()
             self._close_filter()
         else:
             self.logs.remove_class("-searching")

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from partenza.units import format_duration
@@ -416,11 +417,10 @@ class Model:
         now: float = 0.0,
     ) -> list[str]:
         """Module names as the table lists them."""
-        needle = name_filter.lower()
         chosen = [
             module
             for module in self.modules.values()
-            if needle in module.name.lower() and _state_matches(module, state_filter)
+            if _filtered_in(module, name_filter, state_filter)
         ]
         chosen.sort(key=lambda m: m.name)
         chosen.sort(key=lambda m: _sort_key(m, sort, now), reverse=reverse)
@@ -456,8 +456,15 @@ class Model:
                 return target
         return None
 
-    def tree(self) -> list[TreeItem]:
-        """The dependency tree: what nothing depends on at the top."""
+    def tree(self, keep: Callable[[str], bool] | None = None) -> list[TreeItem]:
+        """The dependency tree: what nothing depends on at the top.
+
+        With `keep`, only the modules it keeps are shown, under what leads to
+        them."""
+        roots = self._tree()
+        return roots if keep is None else _pruned(roots, keep)
+
+    def _tree(self) -> list[TreeItem]:
         used: set[str] = set()
         for module in self.modules.values():
             for dep in module.deps:
@@ -532,6 +539,28 @@ class Model:
             )
         bars.sort(key=lambda b: (b.started is None, b.started or 0.0, b.module))
         return bars
+
+    def kept_by(self, name_filter: str, state_filter: str) -> Callable[[str], bool]:
+        """Whether a module passes the filters, as the table has them."""
+        return lambda name: (
+            name in self.modules
+            and _filtered_in(self.modules[name], name_filter, state_filter)
+        )
+
+
+def _filtered_in(module: Module, name_filter: str, state_filter: str) -> bool:
+    return name_filter.lower() in module.name.lower() and _state_matches(
+        module, state_filter
+    )
+
+
+def _pruned(items: list[TreeItem], keep: Callable[[str], bool]) -> list[TreeItem]:
+    kept = []
+    for item in items:
+        children = _pruned(item.children, keep)
+        if children or (item.kind == "module" and keep(item.name)):
+            kept.append(replace(item, children=children))
+    return kept
 
 
 def _state_matches(module: Module, state_filter: str) -> bool:

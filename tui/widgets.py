@@ -381,11 +381,12 @@ class DependencyTree(Tree[TreeItem]):
         self.guide_depth = 2
         self._by_module: dict[str, list[TreeNode[TreeItem]]] = {}
 
-    def build(self) -> None:
-        """Build the tree afresh from the model."""
+    def build(self, keep: Callable[[str], bool] | None = None) -> None:
+        """Build the tree afresh from the model; with `keep`, only the modules
+        it keeps and what leads to them."""
         self.clear()
         self._by_module = {}
-        for item in self.model.tree():
+        for item in self.model.tree(keep):
             self._add(self.root, item)
 
     def _add(self, parent: TreeNode[TreeItem], item: TreeItem) -> None:
