@@ -47,7 +47,7 @@ import shlex
 import signal
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,58 @@ FINAL_SWEEP_GRACE = 2.0
 class Unit:
     """One module of the plan at run time."""
 
+    __slots__ = (
+        "blocked_after_stop",
+        "blocked_by",
+        "check",
+        "child",
+        "completed",
+        "down_reason",
+        "failure",
+        "first_ready_at",
+        "first_started_at",
+        "generation",
+        "health",
+        "health_detail",
+        "health_task",
+        "heartbeat_timer",
+        "hung",
+        "kill_timer",
+        "killed",
+        "last_exit",
+        "last_heartbeat",
+        "last_status",
+        "log",
+        "main_pid",
+        "metrics",
+        "name",
+        "next_spec",
+        "notify",
+        "owner",
+        "path",
+        "ready_at",
+        "reason",
+        "removing",
+        "restart_after_stop",
+        "restarts",
+        "session",
+        "since",
+        "spec",
+        "standby",
+        "started_at",
+        "starts",
+        "state",
+        "status_text",
+        "stopping",
+        "target",
+        "task",
+        "timer",
+        "token",
+        "unhealthy",
+        "unmet",
+        "verified",
+    )
+
     def __init__(self, spec: ModuleSpec, log: ModuleLog, *, standby: bool) -> None:
         self.spec = spec
         self.name = spec.name
@@ -141,7 +193,7 @@ class Unit:
         self.task: asyncio.Task[None] | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.kill_timer: asyncio.TimerHandle | None = None
-        self.starts: deque[float] = deque()
+        self.starts: list[float] = []
         self.restarts = 0
         self.generation = 0
         """How many times a process was started for this unit."""
@@ -984,6 +1036,9 @@ class Orchestrator:
                 )
         check.close()
         unit.check = None
+        # Let the check (and the environment it keeps) go while the module runs.
+        last_error = check.last_error
+        del check, ready
 
         # Supervise until the process ends, then sweep up what it left behind.
         status = await child.exited
@@ -995,7 +1050,7 @@ class Orchestrator:
                 unit.log.note(f"pid {child.pid} {ended}; main pid is {unit.main_pid}")
                 status = await handed
         if stage == "starting":
-            error = f"{status.describe()} before it was ready ({check.last_error})"
+            error = f"{status.describe()} before it was ready ({last_error})"
         elif unit.hung and spec.heartbeat is not None:
             stage = "heartbeat"
             error = f"hung: no heartbeat for {format_duration(spec.heartbeat.interval)}"
@@ -1472,7 +1527,7 @@ class Orchestrator:
         window = unit.spec.restart.window
         now = time.monotonic()
         while unit.starts and unit.starts[0] < now - window:
-            unit.starts.popleft()
+            del unit.starts[0]
         if len(unit.starts) >= unit.spec.restart.limit:
             limit = (
                 f"start limit spent ({len(unit.starts)} in {format_duration(window)})"

@@ -34,7 +34,7 @@ EDGE_KINDS = ("requires", "wants", "after", "sidecar")
 HARD_KINDS = ("requires", "sidecar")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReadySpec:
     """When a module counts as ready; see `partenza.manifest.ReadyCheck`."""
 
@@ -65,7 +65,7 @@ class ReadySpec:
         return "process started"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RestartSpec:
     """A restart policy; see `partenza.manifest.Restart`."""
 
@@ -81,7 +81,7 @@ class RestartSpec:
         return min(self.max_delay, self.delay * (2 ** min(exponent, 32)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StopSpec:
     """How a module is stopped; see `partenza.manifest.Stop`."""
 
@@ -89,7 +89,7 @@ class StopSpec:
     timeout: float = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LogSpec:
     """How module output is kept; see `partenza.manifest.LogSettings`."""
 
@@ -99,7 +99,7 @@ class LogSpec:
     file_keep: int = 3
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeartbeatSpec:
     """Signs of life; see `partenza.manifest.Heartbeat`."""
 
@@ -107,7 +107,7 @@ class HeartbeatSpec:
     via: str = "contract"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HealthSpec:
     """A health probe; see `partenza.manifest.HealthCheck`."""
 
@@ -137,7 +137,7 @@ class HealthSpec:
         return int(low) <= status <= int(high or low)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ConsoleSpec:
     """Who has the console; see `partenza.manifest.ConsoleSettings`."""
 
@@ -145,7 +145,7 @@ class ConsoleSpec:
     tty: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RescueSpec:
     """The rescue shell; see `partenza.manifest.RescueSettings`."""
 
@@ -153,7 +153,7 @@ class RescueSpec:
     empty_password: str = "refuse"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ModuleSpec:
     """One module as compiled: paths absolute, placeholders expanded."""
 
@@ -189,7 +189,7 @@ class ModuleSpec:
     root: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Edge:
     """A dependency between two modules, and who declared it."""
 
