@@ -313,6 +313,7 @@ async def _run(
         runtime_dir=socket.parent,
         fallback=fallback,
     )
+    orchestrator.pid1 = pid1
     orchestrator.bus.subscribe(console)
     orchestrator.console_line = console.line
     tty = plan.console.tty or (console_terminal() if pid1 else None)
@@ -351,6 +352,16 @@ async def _run(
             return
         interrupts += 1
         if interrupts > 1:
+            # The latest request says how it ends: a power-off asked for
+            # during a hung reboot powers off.
+            wanted = PID1_ACTIONS[signum][0] if pid1 else None
+            if wanted is not None and wanted != orchestrator.action:
+                console.line(
+                    "warn",
+                    f"partenza: {PID1_ACTIONS[signum][1]}: {wanted} instead of "
+                    f"{orchestrator.action}",
+                )
+                orchestrator.action = wanted
             console.line("warn", "partenza: signalled again: killing every module now")
             for unit in orchestrator.units.values():
                 if unit.child is not None:

@@ -438,12 +438,12 @@ def _print_json(result: Any) -> int:
 
 
 def _columns() -> int:
+    """The terminal's width (COLUMNS first, as programs do); 0 for a pipe."""
     if not sys.stdout.isatty():
         return 0
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 80
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def _boot_arguments(sub: argparse.ArgumentParser) -> None:

@@ -258,7 +258,9 @@ class Console:
             self.line("info", f"{self.plan}: shutting down ({reason})")
         elif new == "degraded":
             self.line("warn", f"{self.plan}: degraded ({reason})")
-        elif new == "running" and old != "starting":
+        elif new == "running" and old not in ("starting", "running"):
+            # Running again; a new reason while running (a module restarting,
+            # one stopped) has its own line already.
             self.line("ok", f"{self.plan}: running, {reason}")
 
     def _bluescreen(self, event: dict[str, Any]) -> None:

@@ -323,6 +323,8 @@ class Orchestrator:
         self._counts: Counter[str] = Counter(u.state for u in self.units.values())
         self._pending_boot = {u.name for u in self.units.values() if u.target == "up"}
         self.boot_started = time.time()
+        self.pid1 = os.getpid() == 1
+        """Whether it does PID 1's duties (as PID 1, or told to with --pid1)."""
         self.boot_took: float | None = None
         if self.router is not None:
             self.router.fallback.close()
@@ -1792,18 +1794,27 @@ class Orchestrator:
             self._set_system("running", self._up_reason())
 
     def _up_reason(self) -> str:
-        """`every module is up`, naming the modules that were stopped."""
-        stopped = sorted(
-            unit.name
-            for unit in self.units.values()
-            if unit.state == STOPPED
-            and unit.target == "down"
-            and not (unit.standby or unit.completed or unit.removing)
-        )
-        if not stopped:
+        """`every module is up`, naming those that are not: stopped on
+        request, or between two runs."""
+        stopped, restarting = [], []
+        for unit in self.units.values():
+            if unit.state == RESTARTING:
+                restarting.append(unit.name)
+            elif (
+                unit.state == STOPPED
+                and unit.target == "down"
+                and not (unit.standby or unit.completed or unit.removing)
+            ):
+                stopped.append(unit.name)
+        parts = []
+        for names, why in ((stopped, "stopped"), (restarting, "restarting")):
+            if names:
+                names.sort()
+                shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+                parts.append(f"{shown} ({why})")
+        if not parts:
             return "every module is up"
-        names = ", ".join(stopped[:3]) + (", ..." if len(stopped) > 3 else "")
-        return f"every module is up but {names} (stopped)"
+        return f"every module is up but {'; '.join(parts)}"
 
     def _set_system(self, state: str, reason: str) -> None:
         if state == self.system and reason == self.system_reason:
@@ -1896,7 +1907,7 @@ class Orchestrator:
             "counts": {state: count for state, count in self._counts.items() if count},
             "providers": {cap: list(names) for cap, names in self.providers.items()},
             "orphans_reaped": getattr(self.processes, "orphans_reaped", 0),
-            "pid1": os.getpid() == 1,
+            "pid1": self.pid1,
             "main": self.plan.main,
         }
 

@@ -43,6 +43,10 @@ def system_line(system: dict[str, Any], modules: list[dict[str, Any]]) -> str:
     )
 
 
+REASON_ROOM = 24
+"""Columns kept for the reason when names are long."""
+
+
 def status_table(snapshot: dict[str, Any], width: int = 80) -> str:
     """The modules as a table that fits `width` columns."""
     modules = snapshot["modules"]
@@ -60,6 +64,13 @@ def status_table(snapshot: dict[str, Any], width: int = 80) -> str:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    if width:
+        # A long name gives way before the reason is squeezed out.
+        room_for_name = width - sum(widths[1:]) - 2 * 5 - REASON_ROOM
+        cap = max(len("MODULE"), min(widths[0], room_for_name))
+        if cap < widths[0]:
+            rows = [(_fit(row[0], cap), *row[1:]) for row in rows]
+            widths[0] = cap
     lines = [system_line(snapshot["system"], modules)]
     for row in rows:
         head = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:5]))

@@ -64,6 +64,8 @@ RESTING = frozenset({"ready", "failed", "blocked", "stopped", "inactive"})
 QUIET = 0.3
 """Seconds without a change after which a resting module counts as settled."""
 CTRL_D = "\x04"
+FOLLOWING_LINES = 3
+"""Lines the shell writes under the bluescreen before its first prompt."""
 RESUMED = "\x00resumed"
 """What the prompt returns when the boot was resumed from another shell."""
 """What the prompt returns for Ctrl-D on an empty line."""
@@ -341,7 +343,9 @@ class RescueShell:
             snapshot["system"] if snapshot else None,
             module=module,
             width=size.columns,
-            height=size.rows,
+            # Room for what follows it: the password's line, the banner and
+            # the prompt, so that its title stays on the screen.
+            height=max(12, size.rows - FOLLOWING_LINES),
             problem=problem,
         )
         if _is_terminal(self.out) and os.environ.get("TERM") != "dumb":

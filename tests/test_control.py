@@ -542,3 +542,28 @@ def test_sigusr1_prints_the_status_on_the_console(tmp_path: Path, boot) -> None:
         assert time.monotonic() < deadline, booted.output
         time.sleep(0.05)
     assert booted.proc.poll() is None
+
+
+def test_a_status_table_with_long_names_fits_80_columns() -> None:
+    from partenza.render import status_table
+
+    now = time.time()
+    record = {"state": "ready", "pid": 4242, "restarts": 0, "started_at": now - 5}
+    modules = [
+        {**record, "name": "a-module-with-a-name-of-sixty-four-characters-" + "x" * 18},
+        {**record, "name": "web", "reason": "tcp 127.0.0.1:8080 answered"},
+    ]
+    system = {"state": "running", "reason": "", "plan": "p", "boot_started": now}
+    lines = status_table({"system": system, "modules": modules}, 80).splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert lines[2].startswith("a-module-with-a-name-o~  ready  4242")
+    assert lines[3].startswith("web ")
+
+
+def test_the_status_says_when_pid_1_duties_were_asked_for(tmp_path: Path, boot) -> None:
+    plan = write_plan(tmp_path / "plan", SIMPLE)
+    plain = boot(plan)
+    assert plain.request("status")["system"]["pid1"] is False
+    plain.shutdown(timeout=20)
+    told = boot(plan, "--pid1")
+    assert told.request("status")["system"]["pid1"] is True

@@ -221,3 +221,31 @@ def test_sighup_reloads_and_busyboxs_poweroff_signal_powers_off(tmp_path: Path) 
         assert "shutting down (SIGUSR2 (poweroff))" in namespace.output
     finally:
         namespace.end()
+
+
+def test_a_power_off_asked_during_a_hung_reboot_powers_off(tmp_path: Path) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "stubborn": """
+                exec = ["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"]
+                stop = { timeout = "30s" }
+            """,
+        },
+    )
+    namespace = Namespace(plan, tmp_path)
+    try:
+        namespace.wait_for(_all_ready, "stubborn ready")
+        pid = namespace.init_pid()
+        os.kill(pid, signal.SIGINT)
+        namespace.wait_output("shutting down (Ctrl-Alt-Del)")
+        started = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        assert namespace.proc.wait(15) == 0, "it ended instead of booting again"
+        assert time.monotonic() - started < 10, "the stuck module was killed"
+        output = namespace.output
+        assert "partenza: SIGTERM: poweroff instead of reboot" in output
+        assert "signalled again: killing every module now" in output
+        assert output.count("booting plan") == 1
+    finally:
+        namespace.end()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.data_structures import Size
 from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
@@ -449,6 +450,12 @@ def test_main_draws_the_bluescreen_then_opens_the_shell(
     assert "  ! db: cannot open /data\n" in printed
     assert "Partenza rescue shell: `help` lists the commands.\n" in printed
     assert "\x1b[2J" not in printed, "a string is not a terminal to clear"
+    # With the password's line, the banner and the prompt, the report's
+    # title is still on a 24-line screen.
+    banner = printed.splitlines().index(
+        "Partenza rescue shell: `help` lists the commands."
+    )
+    assert banner + 1 + 1 <= 24 - 1
 
 
 def test_a_bluescreen_for_a_module_the_plan_lacks_is_refused(
@@ -764,3 +771,42 @@ def test_the_shell_never_asks_for_the_cursor_position(term: str | None) -> None:
     terminal.prepare_environment(env)
     assert env["TERM"] == (term or "vt100")
     assert env["PROMPT_TOOLKIT_NO_CPR"] == "1"
+
+
+def test_the_report_leaves_room_for_the_prompt_on_24_lines(tmp_path: Path) -> None:
+    """Under the report come the password's line, the banner and the prompt:
+    on a 24-line console the report's title must not scroll away."""
+
+    class Console24(DummyOutput):
+        def get_size(self) -> Size:
+            return Size(rows=24, columns=80)
+
+    failure = {
+        "stage": "running",
+        "error": "exited 3",
+        "file": "plan/db.toml",
+        "blocks": ["web"],
+        "logs": [f"db: line {n}" for n in range(8)],
+        "streams": ["err"] * 8,
+    }
+    record = {
+        "name": "db",
+        "description": "the database",
+        "state": "failed",
+        "reason": "exited 3",
+        "failure": failure,
+        "file": "plan/db.toml",
+        "restarts": 2,
+        "last_exit": "exited 3",
+    }
+    system = {"state": "rescue", "reason": "db failed", "plan": "p"}
+    out = io.StringIO()
+    with create_pipe_input() as pipe:
+        shell = RescueShell(
+            tmp_path / "none.sock", input=pipe, output=Console24(), stdout=out
+        )
+        shell.bluescreen = "db"
+        shell.show_report({"system": system, "modules": [record]})
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith(" PARTENZA RESCUE: db failed and is critical")
+    assert len(lines) <= 24 - 3

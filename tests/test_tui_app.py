@@ -695,6 +695,20 @@ async def test_follow_toggle_holds_lines_while_paused() -> None:
 
 
 @pilot_test
+async def test_a_pause_does_not_blank_the_next_module_shown() -> None:
+    app, _ = demo_app()
+    async with app.run_test(size=(120, 36)) as pilot:
+        await settle(pilot, logs_of="chatty")
+        pane = app.logs
+        await pilot.press("f")
+        assert not pane.following
+        app.table.select("worker")
+        await until(pilot, lambda: pane.module == "worker", "worker's log")
+        await until(pilot, lambda: len(pane.view.lines) > 0, "worker's lines")
+        assert pane.following, "a new module is followed from its end"
+
+
+@pilot_test
 async def test_log_search_finds_lines_and_pauses() -> None:
     app, _ = demo_app()
     async with app.run_test(size=(120, 36)) as pilot:
@@ -849,6 +863,13 @@ async def test_tree_follows_the_width_and_the_key() -> None:
         assert tree.display and tree.has_focus
         await pilot.press("d")
         assert not tree.display and table.has_focus
+        # Made wide, the tree comes back beside the table; d hides it.
+        app.tree_shown = None
+        await pilot.resize_terminal(140, 40)
+        await until(pilot, lambda: tree.display, "the tree at 140 columns")
+        assert table.display
+        await pilot.press("d")
+        assert not tree.display
 
 
 # Snapshots: each docstring says what the picture must show.

@@ -64,8 +64,9 @@ class Terminal:
         cols: int = 90,
         rows: int = 28,
         winsize: tuple[int, int] | None = None,
+        term: str = "xterm",
     ) -> None:
-        env = {**env, "TERM": "xterm", "NO_COLOR": "1"}
+        env = {**env, "TERM": term, "NO_COLOR": "1"}
         env.pop("COLORTERM", None)
         self.screen = pyte.Screen(cols, rows)
         self.stream = pyte.ByteStream(self.screen)
@@ -196,6 +197,30 @@ def test_restart_key_on_a_real_pty(boot, tmp_path: Path) -> None:
     finally:
         term.close()
     assert_sane(bytes(term.raw), after)
+
+
+def test_a_vt100_gets_ascii_lines_and_a_clear_screen_at_the_end(
+    boot, tmp_path: Path
+) -> None:
+    booted = boot(make_plan(tmp_path / "plan", "vt"))
+    booted.wait_state("beta", "ready")
+    term = Terminal(booted.env, cols=80, rows=24, term="vt100")
+    try:
+        term.wait_for(lambda _: term.row("beta")[1:3] == ["+", "ready"], 10, "beta")
+        term.send("?")
+        term.wait_for(lambda text: "states  " in text, 5, "the help box")
+        term.send("\x1b")
+        term.wait_for(lambda text: "states  " not in text, 5, "help closed")
+        term.send("q")
+        after = term.finish()
+    finally:
+        term.close()
+    drawn = bytes(term.raw).decode(errors="replace")
+    lines = sorted({ch for ch in drawn if 0x2500 <= ord(ch) <= 0x259F})
+    assert lines == [], f"line-drawing characters sent to a vt100: {lines}"
+    # A vt100 has no alternate screen to give back: what top drew is cleared.
+    assert "\x1b[H\x1b[2J" in after
+    assert "TOP-EXITED 0" in after
 
 
 def test_reconnects_when_the_orchestrator_comes_back(boot, tmp_path: Path) -> None:

@@ -35,7 +35,14 @@ from tui.model import STATE_FILTERS, Change, Model, Resync, SequenceGap, TreeIte
 from tui.sampler import SampleFunction, Sampler, Usage
 from tui.screens import ConfirmScreen, HelpScreen, TimelineScreen, WhyScreen
 from tui.source import SocketSource, Source
-from tui.style import has_clipboard_escape, small_terminal, whole_cell_scrollbars
+from tui.style import (
+    ascii_lines,
+    has_clipboard_escape,
+    keeps_no_screen,
+    plain_ascii_terminal,
+    small_terminal,
+    whole_cell_scrollbars,
+)
 from tui.widgets import (
     DependencyTree,
     Link,
@@ -61,6 +68,18 @@ LOG_BACKLOG = 200
 """Lines of a module's past output shown when its log pane opens."""
 WIDE = 100
 """From this many columns the tree and the table are shown side by side."""
+
+
+class _MainRow(Horizontal):
+    """The tree beside the table: arranged again whenever its size changes
+    (the app itself hears of a resize before the layout has its new size)."""
+
+    def __init__(self, arrange: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._arrange = arrange
+
+    def on_resize(self) -> None:
+        self._arrange()
 
 
 class TopApp(App[int]):
@@ -164,7 +183,7 @@ class TopApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield self._bar
-        with Horizontal(id="main"):
+        with _MainRow(self._arrange, id="main"):
             yield self._tree
             with self._modules:
                 yield self._table
@@ -447,9 +466,6 @@ class TopApp(App[int]):
 
     # Layout.
 
-    def on_resize(self) -> None:
-        self._arrange()
-
     def _arrange(self) -> None:
         wide = self.size.width >= WIDE
         shown = wide if self.tree_shown is None else self.tree_shown
@@ -693,6 +709,8 @@ def run(socket_path: Path | str, *, tty: str | None = None) -> int:
     _quiet_logging()
     if small_terminal():
         whole_cell_scrollbars()
+    if plain_ascii_terminal():
+        ascii_lines()
     tty = tty or os.environ.get("PARTENZA_TOP_TTY") or None
     if tty:
         try:
@@ -711,6 +729,11 @@ def run(socket_path: Path | str, *, tty: str | None = None) -> int:
         where=str(path),
     )
     result = app.run()
+    if keeps_no_screen():
+        # Nothing gives the screen back: clear what the app drew, so that the
+        # progress lines (or a shell) do not land on top of it.
+        sys.stdout.write("\x1b[H\x1b[2J")
+        sys.stdout.flush()
     if result is not None:
         return int(result)
     return int(app.return_code or 0)

@@ -98,6 +98,40 @@ def has_clipboard_escape(env: Mapping[str, str] | None = None) -> bool:
     return term.split("-")[0] not in (*SMALL_TERMINALS, "dumb", "")
 
 
+LINE_DRAWING_LESS = ("vt100", "vt102", "vt220", "vt320", "ansi")
+"""Terminals with no line-drawing characters to show UTF-8 box drawing with."""
+NO_ALTERNATE_SCREEN = ("linux", *LINE_DRAWING_LESS)
+"""Terminals whose screen is not given back when a full-screen program ends."""
+
+
+def _base(env: Mapping[str, str] | None) -> str:
+    env = os.environ if env is None else env
+    return env.get("TERM", "").split("-")[0]
+
+
+def plain_ascii_terminal(env: Mapping[str, str] | None = None) -> bool:
+    return _base(env) in LINE_DRAWING_LESS
+
+
+def keeps_no_screen(env: Mapping[str, str] | None = None) -> bool:
+    return _base(env) in NO_ALTERNATE_SCREEN
+
+
+def ascii_lines() -> None:
+    """Draw borders and the tree's guides with ASCII, for a vt100."""
+    from textual import _border
+    from textual.widgets import Tree
+
+    ascii_chars = _border.BORDER_CHARS["ascii"]
+    ascii_places = _border.BORDER_LOCATIONS["ascii"]
+    for name, rows in list(_border.BORDER_CHARS.items()):
+        if any(not ch.isascii() for row in rows for ch in row):
+            _border.BORDER_CHARS[name] = ascii_chars
+            _border.BORDER_LOCATIONS[name] = ascii_places
+    guides = ("  ", "| ", "`-", "|-")
+    Tree.LINES = {"default": guides, "bold": guides, "double": guides}
+
+
 def whole_cell_scrollbars() -> None:
     """Draw scrollbar thumbs in whole cells: a console font has no eighth blocks."""
     ScrollBarRender.VERTICAL_BARS = [" "] * 8

@@ -563,9 +563,11 @@ class LogPane(Vertical):
         self.show_title()
 
     def start(self, module: str | None, lines: Iterable[dict[str, Any]]) -> None:
-        """Show another module's output, starting with its recent lines."""
+        """Show another module's output, starting with its recent lines, and
+        follow it: a pause was for the module shown before."""
         self.module = module
         self.problem = ""
+        self.following = True
         self._incoming = [log_line(line) for line in lines]
         self._held.clear()
         self._skipped = 0
