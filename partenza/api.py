@@ -287,6 +287,7 @@ class ControlServer:
             "module": unit.name,
             "chain": self.orchestrator.why(unit.name),
             "links": links,
+            "stays_down": self.orchestrator.stays_down(unit.name),
         }
 
     async def _plan(self, params: Params, conn: _Connection, rid: Any) -> Any:

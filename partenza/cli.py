@@ -267,6 +267,8 @@ def cmd_why(args: argparse.Namespace) -> int:
         result = client.request("why", module=args.module)
     for depth, reason in enumerate(result["chain"]):
         print(("  " * depth) + ("<- " if depth else "") + reason)
+    if result.get("stays_down"):
+        print(f"it stays down until started: partenza start {result['module']}")
     return EXIT_OK
 
 

@@ -743,7 +743,12 @@ def _describe_error(error: Any, model: type[BaseModel]) -> str:
         )
     if kind == "union_tag_not_found":
         kinds = HEALTH_KINDS if loc and loc[0] == "health" else READY_KINDS
-        return f"needs a `kind`: {', '.join(kinds)}"
+        message = f"needs a `kind`: {', '.join(kinds)}"
+        # A misspelt `kind` is the likeliest cause: say which key it was.
+        for key in value if isinstance(value, dict) else ():
+            if did_you_mean(str(key), ["kind"]):
+                return f"{message}; unknown key {key!r} (did you mean 'kind'?)"
+        return message
     if kind == "string_pattern_mismatch":
         return f"expected a name of {NAME_FORM}, got {_toml_value(value)}"
     bounds = {
@@ -794,15 +799,14 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Probl
         if not stat.S_ISREG(info.st_mode):
             return None, [Problem(shown, None, "cannot read: not a regular file")]
         if info.st_size > MAX_FILE:
-            return None, [
-                Problem(shown, None, f"too large for a manifest: {info.st_size} bytes")
-            ]
+            return None, [Problem(shown, None, _too_large(info.st_size))]
         with open(path, "rb") as handle:
             data = handle.read(MAX_FILE + 1)
     except OSError as exc:
         return None, [Problem(shown, None, f"cannot read: {exc.strerror}")]
     if len(data) > MAX_FILE:
-        return None, [Problem(shown, None, "too large for a manifest")]
+        # It grew, or is not a file whose size stat knows (a pipe).
+        return None, [Problem(shown, None, _too_large(None))]
     try:
         return tomllib.loads(data.decode("utf-8")), []
     except UnicodeDecodeError as exc:
@@ -818,7 +822,20 @@ def read_toml(path: Path, shown: str) -> tuple[dict[str, Any] | None, list[Probl
             lines = data.decode("utf-8").split("\n")
             shown = f"{shown}:{len(lines)}:{len(lines[-1]) + 1}"
         message = re.sub(_TOML_POSITION, "", text)
+        if where and message.startswith("Cannot overwrite a value"):
+            # tomllib says how, not what: name the key given twice.
+            line = data.decode("utf-8").split("\n")[int(where.group(1)) - 1]
+            key = line.split("=", 1)[0].strip()
+            if key:
+                message = f"{key!r} is set twice (give each key once)"
         return None, [Problem(shown, None, f"TOML syntax error: {message}")]
+
+
+def _too_large(size: int | None) -> str:
+    limit = f"at most {MAX_FILE // 1024} KiB"
+    if size is None:
+        return f"too large for a manifest ({limit})"
+    return f"too large for a manifest: {size} bytes ({limit})"
 
 
 def load_manifest(
@@ -834,6 +851,13 @@ def load_manifest(
     data, problems = read_toml(path, shown)
     if data is None:
         return None, problems
+    return manifest_from(data, path, shown)
+
+
+def manifest_from(
+    data: dict[str, Any], path: Path, shown: str
+) -> tuple[Manifest | None, list[Problem]]:
+    """Validate the parsed TOML of the manifest `path`, named `shown`."""
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
@@ -851,6 +875,16 @@ def load_manifest(
             ]
         manifest = manifest.model_copy(update={"name": stem})
     return manifest, []
+
+
+def claimed_names(data: dict[str, Any]) -> list[str]:
+    """The module name and capabilities that parsed TOML claims, as far as
+    they read as names: what a manifest with problems was meant to provide."""
+    claims = [data.get("name")]
+    provides = data.get("provides")
+    if isinstance(provides, list):
+        claims += provides
+    return [claim for claim in claims if isinstance(claim, str)]
 
 
 def load_settings(

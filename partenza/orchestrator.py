@@ -520,7 +520,7 @@ class Orchestrator:
         for dependent in self._hard_closure(unit, downward=False):
             if dependent.target == "up":
                 dependent.target = "down"
-                dependent.down_reason = f"requires {unit.name}, which is being stopped"
+                dependent.down_reason = f"requires {unit.name}, which was asked to stop"
                 self._mark(dependent)
         if unit.state in (FAILED, BLOCKED) and not unit.busy:
             self._set(unit, STOPPED, "stopped on request")
@@ -1917,6 +1917,16 @@ class Orchestrator:
             f"{link['module']} {link['state']}: {link['reason']}"
             for link in self.why_links(name)
         ]
+
+    def stays_down(self, name: str) -> bool:
+        """Whether a module is down and stays so until it is started: it was
+        stopped on request, or with something it requires."""
+        unit = self.units[name]
+        return (
+            unit.target == "down"
+            and unit.state in (STOPPED, INACTIVE)
+            and not (unit.standby or unit.completed or unit.removing)
+        )
 
     def why_links(self, name: str) -> list[dict[str, str]]:
         """`why` as records: module, state and reason, the root cause last."""

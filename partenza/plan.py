@@ -398,16 +398,28 @@ def compile_plan(folder: Path | str) -> Plan:
         problems += found
     manifests: dict[str, tuple[mf.Manifest, str]] = {}
     invalid: dict[str, str] = {}
+    unread: list[str] = []
     for path in files:
         shown = _shown(folder, path)
-        manifest, found = mf.load_manifest(path, shown)
+        data, found = mf.read_toml(path, shown)
+        manifest = None
+        if data is not None:
+            manifest, found = mf.manifest_from(data, path, shown)
         problems += found
         if manifest is None:
-            invalid[path.stem] = shown
+            # What it was meant to be, so that its dependents are told.
+            for claimed in (path.stem, *mf.claimed_names(data or {})):
+                invalid.setdefault(claimed, shown)
+            if data is None:
+                unread.append(shown)
             continue
         assert manifest.name is not None
         if manifest.name in manifests:
+            # The file that took a name not its own is the one to mend.
             other = manifests[manifest.name][1]
+            if path.stem == manifest.name and Path(other).stem != manifest.name:
+                manifests[manifest.name] = (manifest, shown)
+                shown, other = other, shown
             problems.append(
                 Problem(
                     shown,
@@ -430,7 +442,7 @@ def compile_plan(folder: Path | str) -> Plan:
         base
     )
     compiler = _Compiler(
-        modules, settings.prefer if settings else {}, settings_path, invalid
+        modules, settings.prefer if settings else {}, settings_path, invalid, unread
     )
     compiler.run()
     problems += compiler.problems
@@ -700,11 +712,14 @@ class _Compiler:
         prefer: dict[str, str],
         settings: Path | None,
         invalid: dict[str, str] | None = None,
+        unread: list[str] | None = None,
     ) -> None:
         self.modules = modules
         self.prefer = prefer
-        # Manifests that did not load, by file stem: their likely module names.
+        # Manifests that did not load, by the names they claim (their file
+        # stem, their name and capabilities); those not even read as TOML.
         self.invalid = invalid or {}
+        self.unread = unread or []
         self.settings_file = str(settings) if settings else "plan.toml"
         self.problems: list[Problem] = []
         self.notes: list[Problem] = []
@@ -795,10 +810,14 @@ class _Compiler:
                 "has problems of its own"
             )
         known = list(self.modules) + list(self.providers)
-        return (
+        why = (
             f"{spec.name} requires {name!r}, which no module in the plan "
             f"provides{suggestion(name, known)}"
         )
+        if self.unread:
+            files = ", ".join(self.unread)
+            why += f"; {files} could not be read, and may be the one"
+        return why
 
     def resolve_edges(self) -> None:
         bound: dict[str, str] = {}

@@ -219,9 +219,12 @@ class Commands:
         completes="module",
     )
     def why(self, args: list[str]) -> None:
-        chain = self.request("why", module=args[0])["chain"]
+        answer = self.request("why", module=args[0])
+        chain = answer["chain"]
         for depth, reason in enumerate(chain):
             self.say(("  " * depth) + ("<- " if depth else "") + printable(reason))
+        if answer.get("stays_down"):
+            self.say(f"it stays down until started: start {answer['module']}")
         # Each link reads `NAME STATE: reason`; the last is the root cause.
         root = chain[-1].split(" ", 1)[0] if chain else args[0]
         try:

@@ -167,6 +167,12 @@ def test_control_commands_wait_and_report_through_exit_codes(
     assert stopped.returncode == 0
     assert stopped.stdout.startswith("web: stopped (stop requested; ")
     assert booted.module("worker")["state"] == "stopped"
+    # Started again, web does not bring worker along, and `why` says so.
+    assert booted.cli("start", "web").returncode == 0
+    why = booted.cli("why", "worker")
+    assert why.stdout.startswith("worker stopped: requires web, which was asked to")
+    assert why.stdout.endswith("it stays down until started: partenza start worker\n")
+    assert "stays down" not in booted.cli("why", "web").stdout
     started = booted.cli("start", "worker")
     assert started.returncode == 0 and started.stdout.startswith("worker: ready")
     assert booted.module("web")["state"] == "ready"

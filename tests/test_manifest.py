@@ -726,6 +726,43 @@ def test_duplicate_module_names(tmp_path: Path) -> None:
     ]
 
 
+def test_a_duplicate_is_blamed_on_the_file_that_took_the_name(
+    tmp_path: Path,
+) -> None:
+    # chatty.toml comes first, and takes web's name: it is the one to mend,
+    # and its edge to "web" is no cycle of web's.
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "chatty": 'name = "web"\nexec = "${python}"\nafter = ["web"]\n',
+            "web": 'exec = "${python}"\n',
+        },
+    )
+    assert plan_problems(plan) == [
+        Problem(
+            f"{plan}/chatty.toml",
+            "name",
+            f"duplicate module name 'web', also in {plan}/web.toml",
+        )
+    ]
+
+
+def test_a_misspelt_kind_is_named(tmp_path: Path) -> None:
+    problems = manifest_problems(
+        tmp_path, 'exec = "true"\n[ready]\nknd = "tcp"\nport = 80\n'
+    )
+    [problem] = problems
+    assert problem.field == "ready"
+    assert problem.message.endswith("unknown key 'knd' (did you mean 'kind'?)")
+
+
+def test_a_key_set_twice_is_named(tmp_path: Path) -> None:
+    [problem] = manifest_problems(tmp_path, 'exec = "true"\nexec = "false"\n')
+    assert str(problem) == (
+        "web.toml:2:15: TOML syntax error: 'exec' is set twice (give each key once)"
+    )
+
+
 def test_file_name_that_is_not_a_module_name(tmp_path: Path) -> None:
     plan = write_plan(tmp_path / "plan", {"Web_Server": 'exec = "${python}"\n'})
     assert plan_problems(plan) == [
@@ -913,5 +950,7 @@ def test_files_that_cannot_be_manifests_are_refused_plainly(tmp_path: Path) -> N
         Problem(str(deep), None, "TOML syntax error: nested too deeply")
     ]
     assert load_manifest(big)[1] == [
-        Problem(str(big), None, "too large for a manifest: 2000000 bytes")
+        Problem(
+            str(big), None, "too large for a manifest: 2000000 bytes (at most 1024 KiB)"
+        )
     ]

@@ -52,6 +52,32 @@ def test_missing_requirement_names_who_requires_it(tmp_path: Path) -> None:
     ]
 
 
+def test_a_requirement_of_a_broken_manifest_points_at_it(tmp_path: Path) -> None:
+    # It parses: what it claims to provide is known.
+    problems = problems_of(
+        tmp_path / "p",
+        {
+            "api": RUN + 'requires = ["db"]\n',
+            "pg": RUN + 'provides = ["db"]\nbogus = 1\n',
+        },
+    )
+    assert problems[0].startswith("P/pg.toml: bogus: unknown key")
+    assert problems[1:] == [
+        "P/api.toml: requires: api requires 'db', whose manifest P/pg.toml has "
+        "problems of its own"
+    ]
+    # It does not parse: it may be the one.
+    problems = problems_of(
+        tmp_path / "q",
+        {"api": RUN + 'requires = ["db"]\n', "pg": "provides = [\n"},
+    )
+    assert problems[0].startswith("P/pg.toml:2:1: TOML syntax error")
+    assert problems[1:] == [
+        "P/api.toml: requires: api requires 'db', which no module in the plan "
+        "provides; P/pg.toml could not be read, and may be the one"
+    ]
+
+
 def test_missing_requirement_suggests_a_capability(tmp_path: Path) -> None:
     assert problems_of(
         tmp_path / "p",

@@ -278,7 +278,7 @@ async def test_stop_takes_hard_dependents_down_and_start_brings_requirements_up(
     assert run.state("api") == "stopped"
     assert run.state("cron") == "ready", "a soft dependent keeps running"
     assert run.orchestrator.units["api"].reason.startswith(
-        "requires db, which is being stopped"
+        "requires db, which was asked to stop"
     )
     await run.until(lambda: run.orchestrator.system == "running")
     assert run.orchestrator.system_reason == "every module is up but api, db (stopped)"

@@ -337,7 +337,7 @@ def blocked_recording() -> tuple[dict[str, Any], list[dict[str, Any]]]:
             "shop",
             "ready",
             "stopping",
-            "requires api, which is being stopped; sent SIGTERM",
+            "requires api, which was asked to stop; sent SIGTERM",
             pid=5007,
         )
         .state(
@@ -830,6 +830,39 @@ async def test_gap_in_events_says_so_and_subscribes_again() -> None:
         await until(pilot, lambda: app.link.state == "connected", "the new snapshot")
         await settle(pilot)
         assert "RUNNING" in bar_text(app)
+        await until(pilot, lambda: app.system_bar.size.height == 2, "two lines again")
+
+
+class Unreachable(Recording):
+    """A source whose orchestrator never answers."""
+
+    PROBLEM = (
+        "cannot connect to /run/user/0/partenza/control.sock: no such file "
+        "(is an orchestrator running? PARTENZA_RUNTIME_DIR names its folder)"
+    )
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        self.subscriptions += 1
+        raise ClientError(self.PROBLEM)
+        yield {}
+
+
+@pilot_test
+async def test_without_an_orchestrator_the_whole_problem_is_shown() -> None:
+    snapshot, events = demo_recording()
+    app = make_app(Unreachable(snapshot, events))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.link.state == "lost", "the lost link")
+        bar = app.system_bar
+        # At 80 columns the hint wraps onto more lines instead of being cut.
+        await until(pilot, lambda: bar.size.height > 2, "the bar to grow")
+        assert Unreachable.PROBLEM in bar_text(app)
+        await pilot.press("t")
+        await until(
+            pilot, lambda: isinstance(app.screen, TimelineScreen), "the timeline"
+        )
+        title = app.screen.query_one("#timeline-title").render()
+        assert str(title) == "boot timeline: waiting for the orchestrator"
 
 
 @pilot_test

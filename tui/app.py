@@ -686,7 +686,11 @@ class TopApp(App[int]):
             ("Filter by state", "cycle the state filter", "filter_state"),
             ("Filter by name", "type part of a module's name", "filter_names"),
             ("Copy log lines", "copy the lines shown in the log pane", "copy"),
-            ("Dependency tree", "show or hide the tree", "tree"),
+            (
+                "Dependency tree",
+                "show or hide the tree (in the table's place when narrow)",
+                "tree",
+            ),
             ("Keys", "every key of partenza top", "help"),
         ):
             yield SystemCommand(title, help, self._runner(action))

@@ -249,6 +249,8 @@ class TimelineScreen(Screen[None]):
         yield Footer()
 
     def _title(self) -> str:
+        if not self.model.loaded:
+            return "boot timeline: waiting for the orchestrator"
         system = self.model.system
         took = system.boot_took
         how = f"booted in {format_duration(took)}" if took is not None else "booting"
@@ -274,7 +276,7 @@ HELP_KEYS = (
     ("o / O, R", "sort by the next / previous column; reverse"),
     ("f", "follow the log, or pause it (end also follows)"),
     ("c", "copy the lines shown in the log pane"),
-    ("d", "show or hide the dependency tree"),
+    ("d", "the dependency tree: beside the table, or in its place when narrow"),
     ("ctrl+p", "the command palette"),
     ("?", "this help"),
     ("q", "quit"),

@@ -62,6 +62,11 @@ class SystemBar(Static):
         padding: 0 0 0 1;
         text-wrap: nowrap;
         text-overflow: clip;
+        &.-lost {
+            height: auto;
+            max-height: 4;
+            text-wrap: wrap;
+        }
     }
     """
 
@@ -69,6 +74,8 @@ class SystemBar(Static):
         system = model.system
         first = Text()
         second = Text()
+        # Why the link is down is worth its lines: the hint comes last.
+        self.set_class(link.state != "connected", "-lost")
         if link.state != "connected":
             label = "CONNECTING" if link.state == "connecting" else "DISCONNECTED"
             first.append(f" {label} ", ALERT)
@@ -96,7 +103,7 @@ class SystemBar(Static):
             second.append(reason, DIM if system.state == "running" else BOLD)
             if system.boot_took is not None:
                 second.append(f"  (booted in {format_duration(system.boot_took)})", DIM)
-        self.update(Text("\n").join([first, second]), layout=False)
+        self.update(Text("\n").join([first, second]), layout=link.state != "connected")
 
 
 @dataclass(frozen=True)
