@@ -10,13 +10,16 @@ welcomed or refused; after a welcome it may say `ready`, send `heartbeat`s and
 Each start of a module that speaks systemd's notify protocol gets a datagram
 socket of its own, bound before the process is spawned, so a `READY=1` sent in
 its first millisecond is already queued. Which socket a datagram arrives on
-says which module sent it: no sender lookup can race a sender that has already
-exited, as `systemd-notify` does at once.
+says which module it is for; the sender's credentials (SO_PASSCRED) say
+whether it may speak for that module: only root and the module's own
+processes may. The socket's folder is private, and a socket is handed to the
+module's user when that is another one.
 
 Nothing a module sends can harm the orchestrator: messages are bounded,
 malformed ones are logged and dropped, a client that says nothing is
 disconnected, and each notify socket is read a bounded number of datagrams at
-a time, so a flood from one module never starves the others.
+a time, so a flood from one module never starves the others. Whatever a peer
+says is shown escaped and shortened (`shown`) in log lines and events.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import logging
 import os
 import re
 import socket
+import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +51,70 @@ NOTIFY_BATCH = 64
 NOTIFY_MAX = 4096
 MAX_FDS = 16
 UNIX_PATH_MAX = 107
+SHOWN_MAX = 64
+"""Characters of peer-supplied text shown in a log line or an event."""
+MAX_ID = 64
+"""The longest string a `validated` message may carry as its id."""
+COMPLAINT_EVERY = 1.0
+"""Seconds between two log lines about the same kind of bad input, after a
+burst of them."""
+_CREDENTIALS = struct.Struct("3i")
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """Peer-supplied `value` as a log line or an event may show it: characters
+    that are not printable escaped (`\\x0a`, `\\x1b`, `\\u2028`), and at most
+    `limit` characters, the last three `...` when it was cut. Such text can
+    neither forge a line nor clear a screen, nor fill a log.
+    """
+    text = value if isinstance(value, str) else repr(value)
+    escaped = "".join(map(_escape, text[: limit + 1]))
+    if len(text) <= limit and len(escaped) <= limit:
+        return escaped
+    return escaped[: limit - 3] + "..."
+
+
+def _escape(char: str) -> str:
+    if char.isprintable():
+        return char
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+class RateLimit:
+    """Lets a burst of complaints through, then one every `every` seconds;
+    those held back in between are counted."""
+
+    def __init__(self, every: float = COMPLAINT_EVERY, burst: int = 10) -> None:
+        self.every = every
+        self.burst = burst
+        self._credit = float(burst)
+        self._last = time.monotonic()
+        self.held = 0
+        """Complaints held back since the last one let through."""
+
+    def allow(self) -> int | None:
+        """None when this complaint is to be held back; otherwise how many were
+        held back before it."""
+        now = time.monotonic()
+        self._credit = min(self.burst, self._credit + (now - self._last) / self.every)
+        self._last = now
+        if self._credit < 1:
+            self.held += 1
+            return None
+        self._credit -= 1
+        held, self.held = self.held, 0
+        return held
+
+
+def valid_id(value: object) -> bool:
+    """Whether `value` may be the id of a `validate` request: an integer, or
+    a string of at most MAX_ID characters."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and len(value) <= MAX_ID)
 
 
 def api_version() -> str:
@@ -125,7 +194,8 @@ class Session:
             self._waiting.pop(number, None)
 
     def answered(self, message: dict[str, Any]) -> None:
-        future = self._waiting.get(message.get("id"))  # type: ignore[arg-type]
+        number = message.get("id")
+        future = self._waiting.get(number) if isinstance(number, int) else None
         if future is not None and not future.done():
             future.set_result(message)
 
@@ -152,6 +222,10 @@ class Listener:
         raise NotImplementedError
 
     def contract_refused(self, module: str | None, reason: str) -> None:
+        raise NotImplementedError
+
+    def contract_hung_up(self, session: Session, reason: str) -> None:
+        """The orchestrator hung up on a welcomed module, for `reason`."""
         raise NotImplementedError
 
 
@@ -220,9 +294,11 @@ class ContractServer:
             return None
         if not line:
             return None
-        hello = _parse(line)
+        hello, problem = _parse(line)
         if hello is None or hello.get("type") != "hello":
             reason = "the first message was not a hello"
+            if problem:
+                reason += f" ({problem})"
             await _refuse(writer, reason)
             self.listener.contract_refused(None, reason)
             return None
@@ -245,19 +321,23 @@ class ContractServer:
             try:
                 line = await reader.readline()
             except ValueError:
-                log.warning(
-                    "%s: contract message over 64 KiB; hanging up", session.module
-                )
+                self.listener.contract_hung_up(session, "a message over 64 KiB")
                 return
             if not line:
                 return
-            message = _parse(line)
-            if message is None or not isinstance(message.get("type"), str):
+            message, problem = _parse(line)
+            if message is not None:
+                problem = _malformed(message)
+            if message is None or problem is not None:
                 bad += 1
-                log.warning("%s: dropped a malformed contract message", session.module)
+                log.warning(
+                    "%s: dropped a malformed contract message (%s)",
+                    session.module,
+                    problem,
+                )
                 if bad >= MAX_BAD_MESSAGES:
-                    log.warning(
-                        "%s: too many malformed messages; hanging up", session.module
+                    self.listener.contract_hung_up(
+                        session, f"{MAX_BAD_MESSAGES} malformed messages"
                     )
                     return
                 continue
@@ -273,12 +353,33 @@ async def _refuse(writer: asyncio.StreamWriter, reason: str) -> None:
         await writer.drain()
 
 
-def _parse(line: bytes) -> dict[str, Any] | None:
+def _parse(line: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """The JSON object on `line`, or None and what is wrong with it."""
     try:
         message = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return message if isinstance(message, dict) else None
+    except RecursionError:
+        return None, "nested too deeply"
+    except ValueError:
+        # Not UTF-8, not JSON, or a number of more digits than Python reads.
+        return None, "not JSON"
+    if not isinstance(message, dict):
+        return None, "not a JSON object"
+    return message, None
+
+
+def _malformed(message: dict[str, Any]) -> str | None:
+    """What is wrong with a message after the welcome, or None."""
+    if not isinstance(message.get("type"), str):
+        return "no type"
+    if message["type"] == "validated":
+        if not valid_id(message.get("id")):
+            return f"id {shown(message.get('id'), 20)} is neither a number nor a name"
+        problems = message.get("problems", [])
+        if not isinstance(problems, list) or not all(
+            isinstance(problem, str) for problem in problems
+        ):
+            return "problems is not a list of text"
+    return None
 
 
 def check_path(path: Path) -> None:
@@ -296,6 +397,14 @@ def notify_path(folder: Path, module: str, token: str) -> Path:
     return folder / f"{digest}.sock"
 
 
+def notify_folder(folder: Path, shared: bool) -> None:
+    """Make the folder of the notify sockets: private (0700) while every module
+    runs as the orchestrator's user; traversable but not listable (0711) when
+    some run as others, each of whom may then reach only its own socket."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o711 if shared else 0o700)
+
+
 def parse_notify(data: bytes) -> dict[str, str]:
     """`READY=1\\nSTATUS=Up` as a dict; lines without `=` are dropped."""
     fields: dict[str, str] = {}
@@ -307,49 +416,145 @@ def parse_notify(data: bytes) -> dict[str, str]:
 
 
 class NotifySocket:
-    """One start's `NOTIFY_SOCKET`: a datagram socket read from the loop."""
+    """One start's `NOTIFY_SOCKET`: a datagram socket read from the loop.
+
+    `admits(pid, uid)` says whether a sender may speak for the module; a
+    datagram from root is always taken. The socket file is its owner's only
+    (0600): the orchestrator's user, or `owner` (a uid) for a module that runs
+    as another user.
+    """
 
     def __init__(
-        self, path: Path, on_message: Callable[[dict[str, str]], None]
+        self,
+        path: Path,
+        on_message: Callable[[dict[str, str]], None],
+        *,
+        module: str,
+        admits: Callable[[int, int], bool],
+        owner: int | None = None,
     ) -> None:
         check_path(path)
         self.path = path
+        self.module = module
         self._on_message = on_message
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._admits = admits
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
+        # Every datagram then carries its sender's pid, uid and gid.
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock.bind(str(path))
-        os.chmod(path, 0o666)
+        try:
+            os.chmod(path, 0o600)
+            if owner is not None and owner != os.geteuid():
+                os.chown(path, owner, -1)
+        except OSError:
+            self._sock.close()
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self._ancillary = socket.CMSG_SPACE(_CREDENTIALS.size) + socket.CMSG_SPACE(
+            MAX_FDS * struct.calcsize("i")
+        )
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._sock.fileno(), self._read)
+        self._loop.add_reader(self._sock.fileno(), self.read)
         self.dropped = 0
+        self._strangers = RateLimit()
+        self._oversized = RateLimit()
+        self.complaints = RateLimit()
+        """For what the orchestrator refuses of what was said (`MAINPID=`)."""
 
-    def _read(self) -> None:
+    def read(self) -> None:
+        """Take up to NOTIFY_BATCH datagrams."""
         for _ in range(NOTIFY_BATCH):
             try:
-                data, fds, _, _ = socket.recv_fds(self._sock, NOTIFY_MAX, MAX_FDS)
-            except BlockingIOError:
+                data, ancillary, flags, _ = self._sock.recvmsg(
+                    NOTIFY_MAX, self._ancillary
+                )
+            except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("notify socket %s: %s", self.path.name, exc)
+                log.warning("%s: notify socket %s: %s", self.module, self.path, exc)
                 return
-            # Descriptors are never kept: closing the one that comes with
-            # BARRIER=1 is the answer sd_notify_barrier() waits for.
-            for fd in fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            sender = _take_ancillary(ancillary)
+            if sender is None or not self._admitted(*sender):
+                self.dropped += 1
+                continue
+            if flags & socket.MSG_TRUNC:
+                self.dropped += 1
+                held = self._oversized.allow()
+                if held is not None:
+                    log.warning(
+                        "%s: dropped a notify datagram over %d bytes%s",
+                        self.module,
+                        NOTIFY_MAX,
+                        _more(held),
+                    )
+                continue
             fields = parse_notify(data)
             if not fields:
                 self.dropped += 1
                 continue
             self._on_message(fields)
 
+    def _admitted(self, pid: int, uid: int) -> bool:
+        if uid == 0 or self._admits(pid, uid):
+            return True
+        held = self._strangers.allow()
+        if held is not None:
+            log.warning(
+                "%s: dropped a notify datagram from pid %d (uid %d): "
+                "not one of its processes%s",
+                self.module,
+                pid,
+                uid,
+                _more(held),
+            )
+        return False
+
     def close(self) -> None:
         """Take what is still queued, then close."""
-        self._read()
+        self.read()
         self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
         with contextlib.suppress(OSError):
             self.path.unlink()
+        for limit, what in (
+            (self._strangers, "from processes not its own"),
+            (self._oversized, f"over {NOTIFY_MAX} bytes"),
+        ):
+            if limit.held:
+                log.warning(
+                    "%s: dropped %d more notify datagrams %s",
+                    self.module,
+                    limit.held,
+                    what,
+                )
+
+
+def _take_ancillary(
+    ancillary: list[tuple[int, int, bytes]],
+) -> tuple[int, int] | None:
+    """The sender's pid and uid; every descriptor that came along is closed.
+
+    Descriptors are never kept: closing the one that comes with BARRIER=1 is
+    the answer sd_notify_barrier() waits for.
+    """
+    sender = None
+    for level, kind, data in ancillary:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == socket.SCM_RIGHTS:
+            whole = len(data) - len(data) % 4
+            for fd in struct.unpack(f"{whole // 4}i", data[:whole]):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        elif kind == socket.SCM_CREDENTIALS and len(data) >= _CREDENTIALS.size:
+            pid, uid, _ = _CREDENTIALS.unpack(data[: _CREDENTIALS.size])
+            sender = (pid, uid)
+    return sender
+
+
+def _more(held: int) -> str:
+    return f" (and {held} more before it)" if held else ""

@@ -42,6 +42,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
+import re
 import secrets
 import shlex
 import signal
@@ -58,7 +60,9 @@ from partenza.contract import (
     Session,
     api_fits,
     api_version,
+    notify_folder,
     notify_path,
+    shown,
 )
 from partenza.events import EventBus
 from partenza.fallback import CAPABILITY, LOGGER_ROLE, FallbackLogger, LogRouter
@@ -70,7 +74,10 @@ from partenza.process import (
     Child,
     ExitStatus,
     ProcessManager,
+    carries_token,
     is_alive,
+    process_group,
+    process_start,
     process_tree,
     processes_carrying,
 )
@@ -120,6 +127,10 @@ STABLE_RUN = 1.0
 DRAIN_BATCH = 32
 """Units stepped before the loop gets a turn."""
 FINAL_SWEEP_GRACE = 2.0
+MAIN_POLL = 0.2
+"""Seconds between two looks at a main pid that this process may not reap."""
+STATUS_EVERY = 0.1
+"""Seconds between two `status` events of one module; the latest text wins."""
 
 
 class Unit:
@@ -148,6 +159,7 @@ class Unit:
         "last_status",
         "log",
         "main_pid",
+        "main_started",
         "metrics",
         "name",
         "next_spec",
@@ -229,6 +241,8 @@ class Unit:
         """Why this orchestrator cannot run the module as its manifest asks."""
         self.main_pid: int | None = None
         """A main process the module named with MAINPID=, when not its own."""
+        self.main_started: int | None = None
+        """When that main process started: with its pid, it names the process."""
         self.owner: str | None = None
         """For a sidecar: the target it is bound to."""
         self.last_status: ExitStatus | None = None
@@ -243,6 +257,14 @@ class Unit:
     def busy(self) -> bool:
         """A process, a supervising task or a restart timer is in flight."""
         return self.child is not None or self.task is not None or self.timer is not None
+
+
+def _uid(user: str) -> int | None:
+    """The uid of `user`, or None when there is no such user."""
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
 
 
 class Orchestrator:
@@ -294,6 +316,10 @@ class Orchestrator:
         """The plan this fallback plan took over from, and why."""
         self.fallback_reason: str | None = None
         self._switch_to: Plan | None = None
+        self._status_at: dict[str, float] = {}
+        """When each module's last `status` event was published."""
+        self._status_due: dict[str, str] = {}
+        """The status text each module's next `status` event will carry."""
         self.router: LogRouter | None = None
         self.system = "starting"
         self.system_reason = f"booting plan {plan.name}"
@@ -875,15 +901,21 @@ class Orchestrator:
         unit.stopping = unit.killed = unit.hung = unit.unhealthy = False
         unit.health, unit.health_detail = "unknown", ""
         unit.status_text = unit.main_pid = unit.last_heartbeat = unit.verified = None
+        unit.main_started = None
         wants_notify = spec.ready.kind == "notify" or (
             spec.heartbeat is not None and spec.heartbeat.via == "watchdog"
         )
+        spawned: list[Child] = []
+        """The process of this start, once there is one."""
         if wants_notify and self.runtime_dir is not None:
             # Bound before the spawn, so that nothing the module sends is lost.
-            path = notify_path(self.runtime_dir / "notify", unit.name, unit.token)
-            unit.notify = NotifySocket(
-                path, lambda fields: self._notified(unit, fields)
-            )
+            try:
+                unit.notify = self._notify_socket(unit, spawned)
+            except (OSError, KeyError) as exc:
+                error = f"cannot make its notify socket: {exc}"
+                unit.log.note(error)
+                self._ended(unit, None, "starting", error)
+                return
         env = self._environment(unit)
         check = ReadyCheck(
             spec.ready,
@@ -919,6 +951,7 @@ class Orchestrator:
             self._ended(unit, None, "starting", error)
             return
         unit.child = child
+        spawned.append(child)
         unit.started_at = time.time()
         unit.ready_at = None
         if unit.first_started_at is None:
@@ -929,6 +962,39 @@ class Orchestrator:
         )
         unit.task = asyncio.get_running_loop().create_task(
             self._supervise(unit, child, check), name=f"supervise {unit.name}"
+        )
+
+    def _notify_socket(self, unit: Unit, spawned: list[Child]) -> NotifySocket:
+        """A NOTIFY_SOCKET for this start of `unit`, which only root and the
+        processes of `spawned[0]` may speak on.
+
+        Raises:
+            OSError: the socket or its folder cannot be made.
+            KeyError: the module's user does not exist.
+        """
+        assert self.runtime_dir is not None
+        folder = self.runtime_dir / "notify"
+        me = os.geteuid()
+        owner = pwd.getpwnam(unit.spec.user).pw_uid if unit.spec.user else None
+        shared = (owner is not None and owner != me) or any(
+            _uid(other.spec.user) not in (None, me)
+            for other in self.units.values()
+            if other.spec.user
+        )
+        notify_folder(folder, shared)
+
+        def admits(pid: int, uid: int) -> bool:
+            return bool(spawned) and self.processes.belongs(spawned[0], pid)
+
+        def notified(fields: dict[str, str]) -> None:
+            self._notified(unit, spawned[0] if spawned else None, fields)
+
+        return NotifySocket(
+            notify_path(folder, unit.name, unit.token),
+            notified,
+            module=unit.name,
+            admits=admits,
+            owner=owner,
         )
 
     def _environment(self, unit: Unit) -> dict[str, str]:
@@ -1044,13 +1110,18 @@ class Orchestrator:
 
         # Supervise until the process ends, then sweep up what it left behind.
         status = await child.exited
-        if unit.main_pid and unit.main_pid != child.pid and not unit.stopping:
+        if unit.notify is not None:
+            # A MAINPID= sent just before it ended is still queued.
+            unit.notify.read()
+        main = unit.main_pid
+        if main and main != child.pid and not unit.stopping:
             # It handed over to the main process it named with MAINPID=.
-            handed = self.processes.watch(unit.main_pid)
+            handed = self.processes.watch(main)
             if handed is not None:
-                ended = status.describe()
-                unit.log.note(f"pid {child.pid} {ended}; main pid is {unit.main_pid}")
-                status = await handed
+                unit.log.note(
+                    f"pid {child.pid} {status.describe()}; main pid is {main}"
+                )
+                status = await self._follow_main(unit, main, handed)
         if stage == "starting":
             error = f"{status.describe()} before it was ready ({last_error})"
         elif unit.hung and spec.heartbeat is not None:
@@ -1129,6 +1200,51 @@ class Orchestrator:
             "generation": unit.generation,
         }
 
+    async def _follow_main(
+        self, unit: Unit, pid: int, handed: asyncio.Future[ExitStatus]
+    ) -> ExitStatus:
+        """How the main pid a module named ended.
+
+        It is reaped here once it is adopted; a main pid that another of the
+        module's processes reaps is seen to go in /proc. A stop never waits on
+        it for ever: once SIGKILL has been sent after the stop timeout, what
+        is still not gone a moment later is left behind.
+        """
+        killed_at: float | None = None
+        while not handed.done():
+            await asyncio.wait({handed}, timeout=MAIN_POLL)
+            if handed.done():
+                break
+            if not is_alive(pid) or process_start(pid) != unit.main_started:
+                # A zombie of this process is reaped at any moment.
+                await asyncio.wait({handed}, timeout=SWEEP_POLL)
+                if handed.done():
+                    break
+                self.processes.unwatch(pid)
+                return ExitStatus(None, None)
+            if unit.killed:
+                killed_at = killed_at or time.monotonic()
+                if time.monotonic() - killed_at >= FINAL_SWEEP_GRACE:
+                    self.processes.unwatch(pid)
+                    unit.log.note(f"main pid {pid} outlived SIGKILL; leaving it")
+                    log.warning(
+                        "%s: main pid %d outlived SIGKILL; leaving it", unit.name, pid
+                    )
+                    return ExitStatus(None, signal.SIGKILL)
+        return handed.result()
+
+    def _signal_main(self, unit: Unit, child: Child, sig: int) -> None:
+        """Signal the main pid the module named, when the group's signal and
+        the strays' do not reach it, and it is still the process it named."""
+        pid = unit.main_pid
+        if not pid or pid == child.pid or unit.main_started is None:
+            return
+        if process_start(pid) != unit.main_started:
+            return
+        if process_group(pid) == child.pgid or carries_token(pid, unit.token):
+            return
+        self.processes.kill(pid, sig)
+
     # Signs of life and health, once a module is ready.
 
     def _arm_heartbeat(self, unit: Unit) -> None:
@@ -1138,7 +1254,7 @@ class Orchestrator:
         if unit.heartbeat_timer is not None:
             unit.heartbeat_timer.cancel()
         unit.heartbeat_timer = asyncio.get_running_loop().call_later(
-            heartbeat.interval, self._missed_heartbeat, unit
+            heartbeat.interval, self._heartbeat_due, unit, unit.generation
         )
 
     def _heartbeat(self, unit: Unit) -> None:
@@ -1146,10 +1262,19 @@ class Orchestrator:
         if unit.state in UP and not unit.stopping:
             self._arm_heartbeat(unit)
 
+    def _heartbeat_due(self, unit: Unit, generation: int) -> None:
+        """The heartbeat timer of start `generation` ran out; one of an earlier
+        start has nothing to say about this one."""
+        if generation == unit.generation:
+            unit.heartbeat_timer = None
+            self._missed_heartbeat(unit)
+
     def _missed_heartbeat(self, unit: Unit) -> None:
-        unit.heartbeat_timer = None
+        if unit.heartbeat_timer is not None:
+            unit.heartbeat_timer.cancel()
+            unit.heartbeat_timer = None
         heartbeat = unit.spec.heartbeat
-        if unit.child is None or unit.stopping or heartbeat is None:
+        if unit.child is None or unit.stopping or unit.hung or heartbeat is None:
             return
         unit.hung = True
         since = format_duration(heartbeat.interval)
@@ -1224,9 +1349,11 @@ class Orchestrator:
         self, hello: dict[str, Any], session: Session
     ) -> str | dict[str, Any]:
         name = hello.get("module")
-        unit = self.units.get(name) if isinstance(name, str) else None
+        if not isinstance(name, str):
+            return 'the hello names no module ("module": "web")'
+        unit = self.units.get(name)
         if unit is None:
-            return f"no module named {name!r} in the plan"
+            return f"no module named '{shown(name)}' in the plan"
         if unit.child is None or not unit.child.running:
             return f"{unit.name} has no running process"
         if hello.get("token") != unit.token:
@@ -1251,7 +1378,7 @@ class Orchestrator:
         undeclared = sorted(set(capabilities) - declared)
         if undeclared:
             return (
-                f"capability {undeclared[0]!r} is not declared in "
+                f"capability '{shown(undeclared[0])}' is not declared in "
                 f"{unit.spec.file} (provides)"
             )
         if unit.session is not None:
@@ -1282,12 +1409,21 @@ class Orchestrator:
         }
 
     def contract_refused(self, module: str | None, reason: str) -> None:
-        who = module or "a client"
-        log.warning("contract: refused %s: %s", who, reason)
-        self.bus.publish("contract", module=module, welcomed=False, reason=reason)
+        # Both may hold what the client said: shown escaped, and shortened.
         unit = self.units.get(module) if module else None
+        who = shown(module) if module else None
+        reason = visible(reason)
+        log.warning("contract: refused %s: %s", who or "a client", reason)
+        self.bus.publish("contract", module=who, welcomed=False, reason=reason)
         if unit is not None:
             unit.log.note(f"refused on the contract socket: {reason}")
+
+    def contract_hung_up(self, session: Session, reason: str) -> None:
+        log.warning("%s: contract: hung up: %s", session.module, reason)
+        self.bus.publish("contract", module=session.module, hung_up=True, reason=reason)
+        unit = self.units.get(session.module)
+        if unit is not None and unit.session is session:
+            unit.log.note(f"hung up on the contract socket: {reason}")
 
     def contract_closed(self, session: Session) -> None:
         unit = self.units.get(session.module)
@@ -1322,7 +1458,9 @@ class Orchestrator:
             if self.router.session is session and isinstance(message.get("seq"), int):
                 self.router.ack(message["seq"])
         else:
-            log.debug("%s: ignored a contract message of type %r", unit.name, kind)
+            log.debug(
+                "%s: ignored a contract message of type '%s'", unit.name, shown(kind)
+            )
 
     def _verify(
         self, verifier: Unit, session: Session, message: dict[str, Any]
@@ -1340,7 +1478,7 @@ class Orchestrator:
             return
         child = target.child
         if child is None or message.get("pid") != child.pid:
-            problem = f"pid {message.get('pid')!r} is not {target.name}'s process"
+            problem = f"pid {shown(message.get('pid'))} is not {target.name}'s process"
         elif message.get("token") != target.token:
             problem = "the token in its environment is not the token of this start"
         else:
@@ -1385,10 +1523,32 @@ class Orchestrator:
         if text == unit.status_text:
             return
         unit.status_text = text
-        self.bus.publish("status", module=unit.name, text=text)
+        # At most one event per STATUS_EVERY: a flood of status lines costs
+        # subscribers little, and the last line is always published.
+        name = unit.name
+        if name in self._status_due:
+            self._status_due[name] = text
+            return
+        loop = asyncio.get_running_loop()
+        wait = self._status_at.get(name, -STATUS_EVERY) + STATUS_EVERY - loop.time()
+        if wait <= 0:
+            self._status_at[name] = loop.time()
+            self.bus.publish("status", module=name, text=text)
+            return
+        self._status_due[name] = text
+        loop.call_later(wait, self._status_now, name)
 
-    def _notified(self, unit: Unit, fields: dict[str, str]) -> None:
-        """A datagram on the unit's NOTIFY_SOCKET."""
+    def _status_now(self, name: str) -> None:
+        text = self._status_due.pop(name, None)
+        if text is not None:
+            self._status_at[name] = asyncio.get_running_loop().time()
+            self.bus.publish("status", module=name, text=text)
+
+    def _notified(
+        self, unit: Unit, child: Child | None, fields: dict[str, str]
+    ) -> None:
+        """A datagram on the NOTIFY_SOCKET of the start of `unit` that spawned
+        `child`, from root or one of the module's processes."""
         if fields.get("READY") == "1":
             self._said_ready(unit, "sent READY=1")
             if unit.reason == "reloading" and unit.state in UP:
@@ -1403,13 +1563,43 @@ class Orchestrator:
             self._heartbeat(unit)
         elif fields.get("WATCHDOG") == "trigger" and unit.child is not None:
             self._missed_heartbeat(unit)
-        if "MAINPID" in fields:
-            try:
-                unit.main_pid = int(fields["MAINPID"])
-            except ValueError:
-                log.warning("%s: MAINPID=%r is no pid", unit.name, fields["MAINPID"])
+        if "MAINPID" in fields and child is not None:
+            self._main_pid(unit, child, fields["MAINPID"])
         if "ERRNO" in fields:
-            unit.log.note(f"says ERRNO={fields['ERRNO']}")
+            value = fields["ERRNO"]
+            if re.fullmatch(r"[0-9]{1,5}", value):
+                unit.log.note(f"says ERRNO={int(value)}")
+            else:
+                self._notify_refused(unit, "ERRNO", value, "not a number")
+
+    def _main_pid(self, unit: Unit, child: Child, value: str) -> None:
+        """Take MAINPID=value: plain digits naming a live process of the module."""
+        pid = int(value) if re.fullmatch(r"[0-9]{1,10}", value) else None
+        if pid is None:
+            problem = "not a pid"
+        elif pid <= 1 or pid == os.getpid():
+            problem = "not one of its processes"
+        elif not is_alive(pid):
+            problem = "no such process"
+        elif not self.processes.belongs(child, pid):
+            problem = "not one of its processes"
+        else:
+            unit.main_pid, unit.main_started = pid, process_start(pid)
+            return
+        self._notify_refused(unit, "MAINPID", value, problem)
+
+    def _notify_refused(self, unit: Unit, key: str, value: str, problem: str) -> None:
+        """Log, note and publish a refused notify assignment, so many a second."""
+        held = unit.notify.complaints.allow() if unit.notify is not None else 0
+        if held is None:
+            return
+        said = f"{key}={shown(value)}"
+        more = f" (and {held} more before it)" if held else ""
+        log.warning("%s: %s refused: %s%s", unit.name, said, problem, more)
+        unit.log.note(f"{said} refused: {problem}")
+        self.bus.publish(
+            "notify", module=unit.name, said=said, refused=problem, held=held
+        )
 
     async def _sweep(self, unit: Unit, child: Child) -> None:
         """Stop what is left of a module once its main process has ended."""
@@ -1443,6 +1633,7 @@ class Orchestrator:
             return
         number = signal.Signals[unit.spec.stop.signal]
         strays = self.processes.signal(child, number)
+        self._signal_main(unit, child, number)
         if strays:
             unit.log.note(
                 f"sent {unit.spec.stop.signal} to {strays} processes outside its group"
@@ -1460,6 +1651,7 @@ class Orchestrator:
             f"{unit.spec.stop.signal}; sending SIGKILL"
         )
         self.processes.signal(child, signal.SIGKILL)
+        self._signal_main(unit, child, signal.SIGKILL)
 
     def _ended(
         self, unit: Unit, status: ExitStatus | None, stage: str, error: str | None

@@ -10,7 +10,9 @@ watchers.
 A module's processes are the members of its process group plus every
 descendant of the orchestrator that carries the module's start token in its
 environment (`PARTENZA_TOKEN`): that second set finds daemons that double-forked
-into a session of their own.
+into a session of their own. `ProcessManager.belongs` asks the same of one pid,
+for what a module says about itself (`MAINPID=`, the sender of a notify
+datagram).
 """
 
 from __future__ import annotations
@@ -56,9 +58,12 @@ class ExitStatus:
         return self.code == 0
 
     def describe(self) -> str:
-        """`exited 1` or `killed by SIGKILL`."""
+        """`exited 1` or `killed by SIGKILL`; `ended` when the status is unknown
+        (a process reaped by a parent of its own)."""
         if self.signal is not None:
             return f"killed by {signal_name(self.signal)}"
+        if self.code is None:
+            return "ended"
         return f"exited {self.code}"
 
 
@@ -285,6 +290,37 @@ class ProcessManager:
             self._watched[pid] = future
         return future
 
+    def unwatch(self, pid: int) -> None:
+        """Stop waiting for `pid`: it ended where this process cannot reap it."""
+        self._watched.pop(pid, None)
+
+    def belongs(self, child: Child, pid: int) -> bool:
+        """Whether `pid` is one of the processes of the module that `child`
+        started: a member of its process group or session, a descendant of
+        its main process, or a descendant of this process that carries its
+        start token (a daemon that forked, started a session and forked
+        again). Zombies count: `systemd-notify` may have ended already.
+        """
+        if pid <= 1 or pid == os.getpid():
+            return False
+        if pid == child.pid:
+            # Once reaped, its pid may name another process.
+            return child.running
+        ids = process_ids(pid)
+        if ids is None:
+            return False
+        _, pgrp, session = ids
+        if child.pgid in (pgrp, session):
+            return True
+        line = ancestors(pid)
+        if child.running and child.pid in line:
+            return True
+        return (
+            bool(child.token)
+            and os.getpid() in line
+            and carries_token(pid, child.token or "")
+        )
+
     def strays(self, child: Child) -> list[int]:
         """A module's processes outside its group, found by its token.
 
@@ -401,6 +437,43 @@ def process_group(pid: int) -> int | None:
     except OSError:
         return None
     return int(data[data.rfind(b")") + 2 :].split()[2])
+
+
+def process_ids(pid: int) -> tuple[int, int, int] | None:
+    """The parent, process group and session of `pid`; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    return int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def process_start(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot: with the pid, it names
+    one process, whatever reuses the pid later. None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return None
+    return int(data[data.rfind(b")") + 2 :].split()[19])
+
+
+def ancestors(pid: int) -> list[int]:
+    """The parent of `pid`, its parent, and so on up to init."""
+    line: list[int] = []
+    ids = process_ids(pid)
+    while ids is not None and ids[0] > 0 and len(line) < 4096:
+        parent = ids[0]
+        if parent in line:
+            break
+        line.append(parent)
+        if parent == 1:
+            break
+        ids = process_ids(parent)
+    return line
 
 
 def carries_token(pid: int, token: str) -> bool:

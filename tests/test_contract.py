@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PARTENZA, Booted, free_port, partenza_env, write_plan
+from tests.conftest import (
+    PARTENZA,
+    Booted,
+    free_port,
+    partenza_env,
+    pids_alive,
+    write_plan,
+)
 
 SDK_MODULE = """
 import sys, time
@@ -118,6 +127,17 @@ def wait_line(
             return seen
         time.sleep(0.05)
     raise AssertionError(f"{module} never logged {text!r}; it logged: {seen}")
+
+
+def said(booted: Booted, module: str, start: str, timeout: float = 10.0) -> str:
+    """The first line the module wrote that starts with `start`, once it has."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in lines(booted, module) if line.startswith(start)]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"{module} never wrote {start!r}: {lines(booted, module)}")
 
 
 def events_until(booted: Booted, stop: Any, timeout: float = 15.0) -> list[dict]:
@@ -223,6 +243,10 @@ def test_ready_sent_at_once_is_not_lost_and_status_is_kept(
     record = booted.wait_state("quick", "ready")
     assert record["reason"] == "sent READY=1"
     assert record["status_text"] == "serving"
+    # Every module runs as the orchestrator's user: nobody else may look in.
+    folder = booted.socket.parent / "notify"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in folder.iterdir()} == {0o600}
 
 
 def test_debians_systemd_notify_works_unchanged(tmp_path: Path, boot) -> None:
@@ -657,6 +681,25 @@ def _raw(path: str, payload: bytes, read: bool = True) -> bytes:
         return data
 
 
+FLOODER = """
+import os, socket, sys, time
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.05)
+sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sender.setblocking(False)
+sent = 0
+deadline = time.monotonic() + 2.5
+while time.monotonic() < deadline:
+    try:
+        sender.sendto(b"STATUS=flood\\nGARBAGE" * 8, os.environ["NOTIFY_SOCKET"])
+        sent += 1
+    except BlockingIOError:
+        time.sleep(0.001)
+print("sent", sent, flush=True)
+time.sleep(1000)
+"""
+
+
 def test_bad_contract_input_is_dropped_and_every_other_module_is_served(
     tmp_path: Path, boot
 ) -> None:
@@ -671,12 +714,13 @@ def test_bad_contract_input_is_dropped_and_every_other_module_is_served(
         "    time.sleep(0.1)\n"
         "    s.sendto(b'WATCHDOG=1', path)\n"
     )
+    go = tmp_path / "go"
     write_plan(
         plan,
         {
-            "flooded": """
-                exec = "sleep 1000"
-                ready = { kind = "notify", timeout = "60s" }
+            "flooded": f"""
+                exec = ["{sys.executable}", "-c", '''{FLOODER}''', "{go}"]
+                ready = {{ kind = "notify", timeout = "60s" }}
             """,
             "steady": f"""
                 exec = ["{sys.executable}", "-c", '''{pinger}''']
@@ -702,25 +746,9 @@ def test_bad_contract_input_is_dropped_and_every_other_module_is_served(
     )
     _raw(contract, b'{"type": "hello", "x": "' + b"y" * 100_000 + b'"}\n', read=False)
 
-    # A notify flood on one module's socket.
-    flooded = booted.module("flooded")
-    with open(f"/proc/{flooded['pid']}/environ", "rb") as handle:
-        environ = dict(
-            item.split(b"=", 1) for item in handle.read().split(b"\0") if b"=" in item
-        )
-    target = environ[b"NOTIFY_SOCKET"].decode()
-    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sender.setblocking(False)
-    sent = 0
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:
-        try:
-            sender.sendto(b"STATUS=flood\nGARBAGE" * 8, target)
-            sent += 1
-        except BlockingIOError:
-            time.sleep(0.001)
-    sender.close()
-    assert sent > 1000
+    # A notify flood on one module's socket, from the module.
+    go.touch()
+    assert int(said(booted, "flooded", "sent ").split()[1]) > 1000
 
     # A client that says nothing is let go; meanwhile everyone else is served.
     silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -787,3 +815,334 @@ def test_a_forking_daemon_hands_over_with_mainpid(tmp_path: Path, boot) -> None:
     os.kill(child, signal.SIGKILL)
     record = booted.wait_state("daemon", "failed")
     assert record["reason"] == "killed by SIGKILL"
+
+
+def _events(booted: Booted) -> list[dict]:
+    """Every event kept so far: the stream's backlog, until it falls quiet."""
+    seen = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(booted.socket))
+        sock.sendall(b'{"v": 1, "id": 1, "op": "subscribe", "since": 0}\n')
+        sock.settimeout(0.5)
+        reader = sock.makefile("rb")
+        try:
+            while line := reader.readline():
+                event = json.loads(line).get("event")
+                if event is not None:
+                    seen.append(event)
+        except TimeoutError:
+            pass
+    return seen
+
+
+def wait_output(booted: Booted, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while text not in booted.output:
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{booted.output}"
+        time.sleep(0.05)
+    return booted.output
+
+
+LIAR = """
+import os, socket, time
+out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+path = os.environ["NOTIFY_SOCKET"]
+own = str(os.getpid())
+for value in (str(os.getppid()), "-1", "0", " " + own, chr(0xFF10 + 7), own + "x"):
+    out.sendto(f"MAINPID={value}".encode(), path)
+out.sendto(b"READY=1", path)
+time.sleep(1000)
+"""
+
+
+def test_mainpid_is_taken_only_for_the_modules_own_processes(
+    tmp_path: Path, boot
+) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "liar": f"""
+                exec = ["{sys.executable}", "-c", '''{LIAR}''']
+                ready = {{ kind = "notify" }}
+                restart = {{ policy = "never" }}
+            """
+        },
+    )
+    booted = boot(plan)
+    record = booted.wait_state("liar", "ready")
+    orchestrator = booted.proc.pid
+    wait_output(booted, f"liar: MAINPID={orchestrator} refused: not one of its")
+    output = wait_output(booted, f"liar: MAINPID={record['pid']}x refused: not a pid")
+    for said, why in (
+        ("-1", "not a pid"),
+        ("0", "not one of its processes"),
+        (f" {record['pid']}", "not a pid"),
+        ("\uff17", "not a pid"),
+    ):
+        assert f"liar: MAINPID={said} refused: {why}" in output
+    refusals = [e for e in _events(booted) if e["type"] == "notify"]
+    assert len(refusals) == 6 and refusals[0]["module"] == "liar"
+    assert booted.module("liar")["main_pid"] is None
+    # With no main pid of its own naming, its end is seen, and a stop is quick.
+    os.kill(record["pid"], signal.SIGKILL)
+    assert booted.wait_state("liar", "failed", timeout=10)["reason"] == (
+        "killed by SIGKILL"
+    )
+
+
+STUBBORN = """
+import os, signal, socket, sys, time
+child = os.fork()
+if child == 0:
+    os.setsid()
+    env = {k: v for k, v in os.environ.items() if k != "PARTENZA_TOKEN"}
+    code = (
+        "import os, signal, socket, time\\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\n"
+        "out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\\n"
+        "out.sendto(f'MAINPID={os.getpid()}\\\\nREADY=1'.encode(),"
+        " os.environ['NOTIFY_SOCKET'])\\n"
+        "time.sleep(1000)\\n"
+    )
+    os.execve(sys.executable, [sys.executable, "-c", code], env)
+time.sleep(1)
+print("handed over to", child, flush=True)
+"""
+
+
+def test_a_stop_kills_a_main_pid_that_ignores_it_and_moves_on(
+    tmp_path: Path, boot
+) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "stubborn": f"""
+                exec = ["{sys.executable}", "-c", '''{STUBBORN}''']
+                ready = {{ kind = "notify" }}
+                stop = {{ timeout = "500ms" }}
+                restart = {{ policy = "never" }}
+            """
+        },
+    )
+    booted = boot(plan)
+    booted.wait_state("stubborn", "ready")
+    seen = wait_line(booted, "stubborn", "main pid is")
+    main = int(next(t for t in seen if t.startswith("handed over to")).split()[-1])
+    assert booted.module("stubborn")["main_pid"] == main
+    started = time.monotonic()
+    answer = booted.request("stop", module="stubborn", timeout=8)
+    assert answer["settled"], answer
+    assert time.monotonic() - started < 5
+    record = answer["module"]
+    assert record["state"] == "stopped"
+    assert "killed with SIGKILL after 500ms" in record["reason"]
+    assert not pids_alive([main])
+
+
+TRIGGER = """
+import os, socket, sys, time
+out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+path = os.environ["NOTIFY_SOCKET"]
+out.sendto(b"READY=1", path)
+first = not os.path.exists(sys.argv[1])
+open(sys.argv[1], "a").close()
+for beat in range(1000):
+    time.sleep(0.1)
+    out.sendto(b"WATCHDOG=1", path)
+    if first and beat == 2:
+        out.sendto(b"WATCHDOG=trigger", path)
+"""
+
+
+def test_one_watchdog_trigger_restarts_a_module_once(tmp_path: Path, boot) -> None:
+    marker = tmp_path / "started-once"
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "dog": f"""
+                exec = ["{sys.executable}", "-c", '''{TRIGGER}''', "{marker}"]
+                ready = {{ kind = "notify" }}
+                heartbeat = {{ interval = "600ms", via = "watchdog" }}
+                restart = {{ delay = "50ms", limit = 5 }}
+            """
+        },
+    )
+    booted = boot(plan)
+    booted.wait_for(
+        lambda s: (
+            s["modules"][0]["restarts"] == 1 and s["modules"][0]["state"] == "ready"
+        ),
+        what="one restart",
+    )
+    # A timer left from the first start must not find the second one hung.
+    time.sleep(1.5)
+    record = booted.module("dog")
+    assert (record["state"], record["restarts"]) == ("ready", 1), record
+
+
+NOTIFY_AS_NOBODY = "systemd-notify --ready --status=own; echo said-it; exec sleep 1000"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as other users")
+@pytest.mark.skipif(
+    not os.path.exists("/usr/bin/systemd-notify"), reason="needs systemd-notify"
+)
+def test_notify_datagrams_are_taken_only_from_the_module_or_root(
+    tmp_path: Path, boot
+) -> None:
+    # Its runtime folder must be reachable by the module's user.
+    runtime = Path(tempfile.mkdtemp(prefix="pz-nobody-", dir="/tmp"))
+    runtime.chmod(0o711)
+    try:
+        plan = write_plan(
+            tmp_path / "plan",
+            {
+                "low": f"""
+                    exec = ["sh", "-c", "{NOTIFY_AS_NOBODY}"]
+                    user = "nobody"
+                    workdir = "/"
+                    ready = {{ kind = "notify", timeout = "10s" }}
+                """
+            },
+        )
+        booted = boot(plan, env={"PARTENZA_RUNTIME_DIR": str(runtime / "run")})
+        record = booted.wait_state("low", "ready")
+        said(booted, "low", "said-it")
+        assert record["status_text"] == "own"
+        with open(f"/proc/{record['pid']}/environ", "rb") as handle:
+            environ = handle.read().split(b"\0")
+        assignment = next(i for i in environ if i.startswith(b"NOTIFY_SOCKET="))
+        path = Path(assignment.split(b"=", 1)[1].decode())
+        assert path.stat().st_uid == 65534
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.parent.stat().st_mode & 0o777 == 0o711
+
+        def send_as(uid: int, payload: bytes) -> str:
+            code = (
+                "import os, socket, sys\n"
+                f"os.setgid({uid}); os.setuid({uid})\n"
+                "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+                "try:\n"
+                "    s.sendto(sys.argv[2].encode(), sys.argv[1])\n"
+                "    print('sent')\n"
+                "except OSError as exc:\n"
+                "    print(exc.strerror)\n"
+            )
+            result = subprocess.run(
+                [sys.executable, "-c", code, str(path), payload.decode()],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            return result.stdout.strip() or result.stderr
+
+        # The module's user, but not the module: dropped, with a log line.
+        assert send_as(65534, b"STATUS=forged") == "sent"
+        wait_output(booted, "low: dropped a notify datagram from pid ")
+        assert "(uid 65534): not one of its processes" in booted.output
+        # Another user cannot reach the socket at all; root may speak.
+        assert send_as(65533, b"STATUS=other") == "Permission denied"
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(
+            b"STATUS=from root", str(path)
+        )
+        booted.wait_for(
+            lambda s: s["modules"][0]["status_text"] == "from root", what="root"
+        )
+        booted.shutdown()
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
+
+
+def test_hostile_contract_input_is_refused_plainly(tmp_path: Path, boot) -> None:
+    plan = write_plan(tmp_path / "plan", {"quiet": 'exec = "sleep 1000"\n'})
+    booted = boot(plan)
+    record = booted.wait_state("quiet", "ready")
+    contract = str(booted.socket.parent / "contract.sock")
+
+    # Nested too deeply to parse: refused like anything that is not a hello.
+    answer = json.loads(_raw(contract, b"[" * 60000 + b"\n"))
+    assert answer["reason"] == "the first message was not a hello (nested too deeply)"
+
+    # A module name that would forge console lines is shown escaped and short.
+    forged = "hs\n[  OK  ] web: ready in 0.01s (pid 1)\n\x1b[2J" + "x" * 100
+    hello = {"type": "hello", "module": forged, "token": "x", "api": "1.0"}
+    _raw(contract, json.dumps(hello).encode() + b"\n")
+    output = wait_output(booted, "contract: refused hs\\x0a[  OK  ] web: ready in")
+    assert not any(line.startswith("[  OK  ] web") for line in output.splitlines())
+    assert "\x1b[2J" not in output
+    refused = [e for e in _events(booted) if e["type"] == "contract"]
+    assert refused[-1]["module"].startswith("hs\\x0a[  OK  ]")
+    assert len(refused[-1]["module"]) == 64 and refused[-1]["module"].endswith("...")
+
+    # After the welcome: a bad id is a malformed message, and the connection
+    # lives on until twenty of them.
+    with open(f"/proc/{record['pid']}/environ", "rb") as handle:
+        token = next(
+            item.split(b"=", 1)[1].decode()
+            for item in handle.read().split(b"\0")
+            if item.startswith(b"PARTENZA_TOKEN=")
+        )
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(contract)
+        hello = {"type": "hello", "module": "quiet", "token": token, "api": "1.0"}
+        sock.sendall(json.dumps(hello).encode() + b"\n")
+        reader = sock.makefile("rb")
+        assert json.loads(reader.readline())["type"] == "welcome"
+        sock.sendall(b'{"type": "validated", "id": [1], "ok": true}\n')
+        sock.sendall(b"[" * 60000 + b"\n")
+        sock.sendall(b'{"type": "status", "text": "still here"}\n')
+        booted.wait_for(
+            lambda s: s["modules"][0]["status_text"] == "still here",
+            what="the status after a bad id",
+        )
+        sock.sendall(b"bad\n" * 18)
+        assert reader.read() == b""
+    output = wait_output(booted, "quiet: contract: hung up: 20 malformed messages")
+    assert "(id [1] is neither a number nor a name)" in output
+    assert "Traceback" not in output and "Unhandled" not in output
+    hung_up = [e for e in _events(booted) if e.get("hung_up")]
+    assert hung_up[-1]["module"] == "quiet"
+
+
+BABBLER = """
+import os, socket, time
+out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+path = os.environ["NOTIFY_SOCKET"]
+out.sendto(b"READY=1", path)
+out.sendto(b"STATUS=" + b"Z" * 5000, path)
+out.sendto(b"ERRNO=" + b"9" * 3000, path)
+out.sendto(b"ERRNO=13", path)
+for i in range(20000):
+    out.sendto(f"STATUS=flood {i}".encode(), path)
+out.sendto(b"STATUS=last", path)
+print("flooded", flush=True)
+time.sleep(1000)
+"""
+
+
+def test_notify_floods_and_oversized_datagrams_cost_little(
+    tmp_path: Path, boot
+) -> None:
+    plan = write_plan(
+        tmp_path / "plan",
+        {
+            "babbler": f"""
+                exec = ["{sys.executable}", "-c", '''{BABBLER}''']
+                ready = {{ kind = "notify" }}
+            """
+        },
+    )
+    booted = boot(plan)
+    said(booted, "babbler", "flooded", timeout=20)
+    booted.wait_for(
+        lambda s: s["modules"][0]["status_text"] == "last", what="the last status"
+    )
+    statuses = [e["text"] for e in _events(booted) if e["type"] == "status"]
+    assert statuses[-1] == "last"
+    assert len(statuses) < 200, len(statuses)
+    assert not any(text.startswith("ZZZ") for text in statuses)
+    output = booted.output
+    assert "babbler: dropped a notify datagram over 4096 bytes" in output
+    assert "babbler: ERRNO=999999999" in output and "refused: not a number" in output
+    assert "says ERRNO=13" in lines(booted, "babbler")
