@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import select
 import shutil
 import signal
 import socket
@@ -15,7 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PARTENZA, partenza_env, pids_alive, write_plan
+from partenza.client import Client
+from tests.conftest import (
+    MARK,
+    PARTENZA,
+    kill_marked,
+    partenza_env,
+    pids_alive,
+    write_plan,
+)
 
 SIMPLE = {
     "web": 'exec = "sleep 1000"\ndescription = "the web"\n',
@@ -573,3 +583,329 @@ def test_the_status_says_when_pid_1_duties_were_asked_for(tmp_path: Path, boot) 
     plain.shutdown(timeout=20)
     told = boot(plan, "--pid1")
     assert told.request("status")["system"]["pid1"] is True
+
+
+def _strict_json(line: bytes) -> dict:
+    """A reply line, refusing what JSON does not have (NaN, Infinity)."""
+
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} in a reply")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def _read_lines(sock: socket.socket) -> list[bytes]:
+    """Everything the orchestrator sends on `sock` until it closes it."""
+    data = b""
+    try:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except ConnectionResetError:
+        pass  # Closed with input unread: what it wrote is all there.
+    return data.splitlines()
+
+
+def _wait_output(booted, text: str, count: int = 1, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while booted.output.count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} on the console:\n" + (
+            booted.output
+        )
+        time.sleep(0.05)
+
+
+def _flood_notes(path: Path, count: int) -> None:
+    """Publish `count` note events of some 600 bytes each."""
+    text = "x" * 480
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.settimeout(10)
+        replies = sock.makefile("rb")
+        for start in range(0, count, 500):
+            sock.sendall(
+                b"".join(
+                    b'{"v":1,"id":%d,"op":"note","text":"%s"}\n' % (n, text.encode())
+                    for n in range(start, start + 500)
+                )
+            )
+            for _ in range(500):
+                assert _strict_json(replies.readline())["ok"] is True
+
+
+def _stuck_subscriber(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(str(path))
+    sock.settimeout(10)
+    sock.sendall(b'{"v": 1, "id": 9, "op": "subscribe"}\n')
+    return sock
+
+
+def test_a_subscriber_that_stops_reading_is_cut_off_and_told_why(
+    tmp_path: Path, boot
+) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    booted.wait_state("worker", "ready")
+    late = _stuck_subscriber(booted.socket)  # Reads, but only at the end.
+    never = _stuck_subscriber(booted.socket)  # Never reads at all.
+    try:
+        # Some 3.6 MB of events: far more than may wait for one client.
+        _flood_notes(booted.socket, 6000)
+        _wait_output(booted, f"event stream of pid {os.getpid()} cut off: too slow", 2)
+        lines = _read_lines(late)
+        messages = [_strict_json(line) for line in lines]
+        assert messages[0]["ok"] is True and "modules" in messages[0]["result"]
+        seqs = [message["event"]["seq"] for message in messages[1:-1]]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "no gaps"
+        assert messages[-1]["error"] == {
+            "message": "too slow: the stream fell behind",
+            "hint": "subscribe again",
+        }
+        # Cut off well before the 6,000 notes: what waited for it was bounded.
+        assert len(seqs) < 3000
+        # The one that never reads is let go all the same.
+        poller = select.poll()
+        poller.register(never, select.POLLIN)
+        deadline = time.monotonic() + 15
+        while not any(mask & select.POLLHUP for _, mask in poller.poll(100)):
+            assert time.monotonic() < deadline, "the stuck subscriber was kept"
+        assert booted.request("hello")["protocol"] == 1
+    finally:
+        late.close()
+        never.close()
+
+
+def test_a_log_follower_that_stops_reading_loses_lines_past_a_bounded_backlog(
+    tmp_path: Path, boot
+) -> None:
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    (plan / "flood.py").write_text(
+        "import os, sys, time\n"
+        "while not os.path.exists('go'):\n"
+        "    time.sleep(0.02)\n"
+        "for n in range(2000):\n"
+        "    sys.stdout.write(f'{n:05} ' + 'y' * 8000 + '\\n')\n"
+        "sys.stdout.flush()\n"
+        "open('flooded', 'w').close()\n"
+        "while not os.path.exists('end'):\n"
+        "    time.sleep(0.02)\n"
+        "print('done', flush=True)\n"
+        "time.sleep(1000)\n"
+    )
+    write_plan(plan, {"flood": 'exec = ["${python}", "flood.py"]\n'})
+    booted = boot(plan)
+    booted.wait_state("flood", "ready")
+    with booted.client(timeout=30) as client:
+        stream = client.stream("logs", module="flood", lines=0, follow=True)
+        next(stream)
+        # Some 16 MB of lines, in 2,000 of them, while this reads nothing.
+        (plan / "go").touch()
+        deadline = time.monotonic() + 30
+        while not (plan / "flooded").exists():
+            assert time.monotonic() < deadline, booted.output
+            time.sleep(0.05)
+        (plan / "end").touch()
+        before_drop = 0
+        dropped = 0
+        last = ""
+        for message in stream:
+            if "dropped" in message:
+                dropped += message["dropped"]
+            elif "log" in message:
+                last = message["log"]["text"]
+                if not dropped:
+                    before_drop += len(last)
+                if last == "done":
+                    break
+    assert dropped > 0
+    assert before_drop < 4 << 20, "more than the bound waited for the follower"
+    assert last == "done", "the stream went on after the drop"
+
+
+def test_deeply_nested_json_gets_an_error_reply(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    replies = raw_exchange(
+        booted.socket,
+        b"[" * 100000
+        + b"\n"
+        + b'{"v": 1, "id": '
+        + b"[" * 40
+        + b"]" * 40
+        + b', "op": "hello"}\n'
+        + b'{"v": 1, "id": 3, "op": "hello"}\n',
+    )
+    assert [reply["error"] for reply in replies[:2]] == [
+        {
+            "message": "request nested too deeply",
+            "hint": "at most 32 levels of arrays and objects",
+        }
+    ] * 2
+    assert replies[2]["ok"] is True and replies[2]["id"] == 3
+    assert "Traceback" not in booted.output and "Unhandled" not in booted.output
+
+
+def test_only_the_integer_1_is_a_version_and_numbers_must_be_finite(
+    tmp_path: Path, boot
+) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    requests = [
+        b'{"v": true, "id": 1, "op": "hello"}',
+        b'{"v": 1.0, "id": 2, "op": "hello"}',
+        b'{"v": 1, "id": NaN, "op": "hello"}',
+        b'{"v": 1, "id": 4, "op": "start", "module": "web", "timeout": NaN}',
+        b'{"v": 1, "id": 5, "op": "start", "module": "web", "timeout": 1e400}',
+        b'{"v": 1, "id": 6, "op": "start", "module": "web", "timeout": -1}',
+        b'{"v": 1, "id": 7, "op": "start", "module": "web", "timeout": true}',
+        b'{"v": 1, "id": 8, "op": "start", "module": "web", "timeout": 1'
+        + b"0" * 400
+        + b"}",
+        b'{"v": 1, "id": 9, "op": "hello"}',
+    ]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(booted.socket))
+        sock.settimeout(10)
+        sock.sendall(b"\n".join(requests) + b"\n")
+        replies_file = sock.makefile("rb")
+        replies = [_strict_json(replies_file.readline()) for _ in requests]
+    errors = [reply.get("error", {}).get("message") for reply in replies]
+    assert errors[:3] == [
+        "protocol version True is not spoken here",
+        "protocol version 1.0 is not spoken here",
+        "not JSON: NaN is not a JSON number",
+    ]
+    assert replies[2]["id"] is None
+    assert errors[3] == "not JSON: NaN is not a JSON number"
+    assert errors[4] == "number out of range: 1e400"
+    assert errors[5] == "timeout must be seconds, 0 or more; got -1"
+    assert errors[6] == "timeout must be seconds, 0 or more; got True"
+    assert errors[7].startswith("timeout must be seconds, 0 or more; got 1000")
+    assert replies[8]["ok"] is True and replies[8]["id"] == 9
+
+
+def test_connections_past_the_cap_are_told_so_and_closed(tmp_path: Path, boot) -> None:
+    booted = boot(write_plan(tmp_path / "plan", SIMPLE))
+    held: list[socket.socket] = []
+    try:
+        for _ in range(256):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(booted.socket))
+            held.append(sock)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as extra:
+            # Blocking: it waits in the listen backlog behind the others.
+            extra.connect(str(booted.socket))
+            extra.settimeout(10)
+            lines = _read_lines(extra)
+        assert [_strict_json(line) for line in lines] == [
+            {
+                "v": 1,
+                "id": None,
+                "ok": False,
+                "error": {
+                    "message": "too many connections: 256 are open",
+                    "hint": "try again once some have closed",
+                },
+            }
+        ]
+        held.pop().close()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert booted.request("hello")["protocol"] == 1
+                break
+            except Exception:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_connection_that_sends_no_whole_request_is_closed_when_idle(
+    tmp_path: Path, boot
+) -> None:
+    booted = boot(
+        write_plan(tmp_path / "plan", SIMPLE), env={"PARTENZA_CONTROL_IDLE": "1"}
+    )
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    partial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    follower = booted.client(timeout=10)
+    try:
+        for sock in (silent, partial):
+            sock.connect(str(booted.socket))
+            sock.settimeout(10)
+        partial.sendall(b'{"v": 1, "op": "hel')
+        events = follower.stream("subscribe")
+        next(events)
+        for sock in (silent, partial):
+            assert [_strict_json(line)["error"] for line in _read_lines(sock)] == [
+                {
+                    "message": "connection closed: no whole request in 1 s",
+                    "hint": "send each request as one line, newline included",
+                }
+            ]
+        # A subscriber has made its request: it is not idle, however quiet.
+        time.sleep(1.5)
+        booted.request("note", text="still there")
+        event = next(events)["event"]
+        while event["type"] != "note":
+            event = next(events)["event"]
+        assert event["text"] == "still there"
+    finally:
+        silent.close()
+        partial.close()
+        follower.close()
+
+
+def test_out_of_open_files_accepting_pauses_without_flooding_the_console(
+    tmp_path: Path,
+) -> None:
+    plan = write_plan(tmp_path / "plan", SIMPLE)
+    base = Path(tempfile.mkdtemp(prefix="pz-", dir="/tmp"))
+    env = partenza_env(base)
+    path = base / "run" / "control.sock"
+
+    def few_files() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    with open(tmp_path / "boot.out", "wb") as output:
+        proc = subprocess.Popen(
+            [PARTENZA, "boot", str(plan)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=few_files,
+        )
+    held: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 15
+        while not path.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)
+        for _ in range(90):  # More than the orchestrator has files left for.
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(path))
+            held.append(sock)
+        time.sleep(3)
+        for sock in held:
+            sock.close()
+        held.clear()
+        with Client(path, timeout=10) as client:
+            assert client.request("hello")["protocol"] == 1
+        console = (tmp_path / "boot.out").read_text(errors="replace")
+        paused = [line for line in console.splitlines() if "accepting paused" in line]
+        assert len(paused) == 1, console
+        assert paused[0].endswith("accepting paused for 1 s: Too many open files")
+        assert "internal error" not in console
+    finally:
+        for sock in held:
+            sock.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+        kill_marked(env[MARK])
+        shutil.rmtree(base, ignore_errors=True)
