@@ -429,36 +429,34 @@ def process_tree(roots: Iterable[int]) -> list[int]:
     return found
 
 
-def process_group(pid: int) -> int | None:
-    """The process group of `pid`, or None when it is gone."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of `/proc/PID/stat` after the command name (the state
+    first); None when the process is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
     except OSError:
         return None
-    return int(data[data.rfind(b")") + 2 :].split()[2])
+    return data[data.rfind(b")") + 2 :].split()
+
+
+def process_group(pid: int) -> int | None:
+    """The process group of `pid`, or None when it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[2]) if fields else None
 
 
 def process_ids(pid: int) -> tuple[int, int, int] | None:
     """The parent, process group and session of `pid`; None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    return int(fields[1]), int(fields[2]), int(fields[3])
+    fields = _stat_fields(pid)
+    return (int(fields[1]), int(fields[2]), int(fields[3])) if fields else None
 
 
 def process_start(pid: int) -> int | None:
     """When `pid` started, in clock ticks since boot: with the pid, it names
     one process, whatever reuses the pid later. None when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    return int(data[data.rfind(b")") + 2 :].split()[19])
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
 
 
 def ancestors(pid: int) -> list[int]:
