@@ -1269,7 +1269,9 @@ class Orchestrator:
             unit.heartbeat_timer = None
             self._missed_heartbeat(unit)
 
-    def _missed_heartbeat(self, unit: Unit) -> None:
+    def _missed_heartbeat(self, unit: Unit, cause: str | None = None) -> None:
+        """Mark a module hung and stop it: its heartbeat is overdue, or it
+        said so itself (`cause`)."""
         if unit.heartbeat_timer is not None:
             unit.heartbeat_timer.cancel()
             unit.heartbeat_timer = None
@@ -1277,8 +1279,8 @@ class Orchestrator:
         if unit.child is None or unit.stopping or unit.hung or heartbeat is None:
             return
         unit.hung = True
-        since = format_duration(heartbeat.interval)
-        self._set(unit, HUNG, f"no heartbeat for {since}; stopping it")
+        cause = cause or f"no heartbeat for {format_duration(heartbeat.interval)}"
+        self._set(unit, HUNG, f"{cause}; stopping it")
         self._terminate(unit)
 
     def _disarm(self, unit: Unit) -> None:
@@ -1562,7 +1564,7 @@ class Orchestrator:
         if fields.get("WATCHDOG") == "1":
             self._heartbeat(unit)
         elif fields.get("WATCHDOG") == "trigger" and unit.child is not None:
-            self._missed_heartbeat(unit)
+            self._missed_heartbeat(unit, "it reported itself hung (WATCHDOG=trigger)")
         if "MAINPID" in fields and child is not None:
             self._main_pid(unit, child, fields["MAINPID"])
         if "ERRNO" in fields:

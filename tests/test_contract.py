@@ -978,6 +978,7 @@ def test_one_watchdog_trigger_restarts_a_module_once(tmp_path: Path, boot) -> No
     time.sleep(1.5)
     record = booted.module("dog")
     assert (record["state"], record["restarts"]) == ("ready", 1), record
+    assert "it reported itself hung (WATCHDOG=trigger)" in booted.output
 
 
 NOTIFY_AS_NOBODY = "systemd-notify --ready --status=own; echo said-it; exec sleep 1000"
