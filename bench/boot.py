@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import hashlib
 import os
 import platform
@@ -67,12 +66,12 @@ VENV_PYTHON = VENV_BIN / "python"
 sys.path.insert(0, str(ROOT))
 
 from partenza.client import Client, ClientError, NotRunning  # noqa: E402
+from partenza.process import become_subreaper, group_alive  # noqa: E402
 
 AVOID_PORTS = frozenset({8421})
 """The demo's port: never handed to a module."""
 STATUS_RUNS = 20
 POLL = 0.002
-PR_SET_CHILD_SUBREAPER = 36
 WARM_UP = (
     "import partenza.cli, partenza.boot, partenza.client, partenza.render, "
     "partenza.manifest"
@@ -129,26 +128,6 @@ def descendants(root: int) -> dict[int, str]:
                 found[pid] = states[pid]
                 queue.append(pid)
     return found
-
-
-def become_subreaper() -> bool:
-    """Adopt the orphans of everything started here, so none escapes the cleanup."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any process is left in process group `pgid`."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal_group(pgid: int, sig: int) -> None:

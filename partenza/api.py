@@ -27,13 +27,12 @@ import math
 import os
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from partenza import __version__
-from partenza.errors import PartenzaError, PlanError, did_you_mean
+from partenza.errors import PartenzaError, PlanError, RateLimit, did_you_mean
 from partenza.orchestrator import (
     BLOCKED,
     FAILED,
@@ -162,27 +161,6 @@ class _Stream:
         self.ended.set_result(None)
 
 
-class _Warnings:
-    """Logs a recurring warning at most once every WARN_EVERY seconds, saying
-    how many like it were left out in between."""
-
-    def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._left_out: dict[str, int] = {}
-
-    def warn(self, kind: str, message: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < WARN_EVERY:
-            self._left_out[kind] = self._left_out.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        left_out = self._left_out.pop(kind, 0)
-        if left_out:
-            message += f" ({left_out} more like it since the last warning)"
-        log.warning(message, *args)
-
-
 class ControlServer:
     """Serves the control socket for one orchestrator."""
 
@@ -196,7 +174,7 @@ class ControlServer:
         self._acceptor: asyncio.Task[None] | None = None
         self._closing = False
         self._clients: set[asyncio.Task[None]] = set()
-        self._warnings = _Warnings()
+        self._warnings: dict[str, RateLimit] = {}
         self._ops: dict[str, Callable[[Params, _Connection, Any], Awaitable[Any]]] = {
             "hello": self._hello,
             "status": self._status,
@@ -276,6 +254,17 @@ class ControlServer:
         with contextlib.suppress(OSError):
             self.path.unlink()
 
+    def _warn(self, kind: str, message: str, *args: Any) -> None:
+        """Log a recurring warning at most once every WARN_EVERY seconds,
+        saying how many like it were left out in between."""
+        limit = self._warnings.setdefault(kind, RateLimit(WARN_EVERY, 1))
+        left_out = limit.allow()
+        if left_out is None:
+            return
+        if left_out:
+            message += f" ({left_out} more like it since the last warning)"
+        log.warning(message, *args)
+
     async def _accept_all(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._listener is not None
@@ -285,7 +274,7 @@ class ControlServer:
             except OSError as exc:
                 # Out of open files (EMFILE) the next accept fails at once
                 # too: wait, and leave the clients in the listen backlog.
-                self._warnings.warn(
+                self._warn(
                     "accept",
                     "control socket: accepting paused for %g s: %s",
                     ACCEPT_PAUSE,
@@ -309,7 +298,7 @@ class ControlServer:
             sock.close()
             return
         if len(self._clients) >= MAX_CONNECTIONS:
-            self._warnings.warn(
+            self._warn(
                 "full",
                 "control socket: refused a connection of pid %d: %d are open, "
                 "the most served at once",
@@ -373,7 +362,7 @@ class ControlServer:
         pid, uid, _ = struct.unpack("3i", creds)
         if uid in (0, os.geteuid()):
             return pid
-        self._warnings.warn("uid", "control socket: refused pid %d of uid %d", pid, uid)
+        self._warn("uid", "control socket: refused pid %d of uid %d", pid, uid)
         return None
 
     async def _serve(self, conn: _Connection) -> None:

@@ -33,10 +33,11 @@ import os
 import re
 import socket
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from partenza.errors import RateLimit
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ MAX_ID = 64
 """The longest string a `validated` message may carry as its id."""
 COMPLAINT_EVERY = 1.0
 """Seconds between two log lines about the same kind of bad input, after a
-burst of them."""
+burst of COMPLAINT_BURST of them."""
+COMPLAINT_BURST = 10
 _CREDENTIALS = struct.Struct("3i")
 
 
@@ -81,32 +83,6 @@ def _escape(char: str) -> str:
     if code < 0x100:
         return f"\\x{code:02x}"
     return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
-
-
-class RateLimit:
-    """Lets a burst of complaints through, then one every `every` seconds;
-    those held back in between are counted."""
-
-    def __init__(self, every: float = COMPLAINT_EVERY, burst: int = 10) -> None:
-        self.every = every
-        self.burst = burst
-        self._credit = float(burst)
-        self._last = time.monotonic()
-        self.held = 0
-        """Complaints held back since the last one let through."""
-
-    def allow(self) -> int | None:
-        """None when this complaint is to be held back; otherwise how many were
-        held back before it."""
-        now = time.monotonic()
-        self._credit = min(self.burst, self._credit + (now - self._last) / self.every)
-        self._last = now
-        if self._credit < 1:
-            self.held += 1
-            return None
-        self._credit -= 1
-        held, self.held = self.held, 0
-        return held
 
 
 def valid_id(value: object) -> bool:
@@ -460,9 +436,9 @@ class NotifySocket:
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._sock.fileno(), self.read)
         self.dropped = 0
-        self._strangers = RateLimit()
-        self._oversized = RateLimit()
-        self.complaints = RateLimit()
+        self._strangers = RateLimit(COMPLAINT_EVERY, COMPLAINT_BURST)
+        self._oversized = RateLimit(COMPLAINT_EVERY, COMPLAINT_BURST)
+        self.complaints = RateLimit(COMPLAINT_EVERY, COMPLAINT_BURST)
         """For what the orchestrator refuses of what was said (`MAINPID=`)."""
 
     def read(self) -> None:

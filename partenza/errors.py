@@ -6,6 +6,7 @@ path import it without pulling in pydantic.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -99,3 +100,30 @@ def suggestion(word: str, choices: Iterable[str]) -> str:
     """A ` (did you mean 'x'?)` suffix, or an empty string."""
     match = did_you_mean(word, choices)
     return f" (did you mean {match!r}?)" if match else ""
+
+
+class RateLimit:
+    """Lets a burst of `burst` complaints of one kind through, then one every
+    `every` seconds; those held back in between are counted, so that the next
+    one let through can say how many there were."""
+
+    def __init__(self, every: float, burst: int) -> None:
+        self.every = every
+        self.burst = burst
+        self._credit = float(burst)
+        self._last = time.monotonic()
+        self.held = 0
+        """Complaints held back since the last one let through."""
+
+    def allow(self) -> int | None:
+        """None when this complaint is to be held back; otherwise how many were
+        held back before it."""
+        now = time.monotonic()
+        self._credit = min(self.burst, self._credit + (now - self._last) / self.every)
+        self._last = now
+        if self._credit < 1:
+            self.held += 1
+            return None
+        self._credit -= 1
+        held, self.held = self.held, 0
+        return held

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from partenza.client import Client, ClientError
+from partenza.process import processes_carrying
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo"
@@ -195,18 +196,7 @@ class Booted:
 
 def marked_processes(mark: str) -> list[int]:
     """Processes whose environment carries this test run's mark."""
-    needle = f"{MARK}={mark}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if needle in handle.read().split(b"\0"):
-                    found.append(int(entry))
-        except OSError:
-            continue
-    return found
+    return processes_carrying(f"{MARK}={mark}")
 
 
 def kill_marked(mark: str) -> list[int]:
