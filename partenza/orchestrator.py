@@ -75,6 +75,7 @@ from partenza.process import (
     ExitStatus,
     ProcessManager,
     carries_token,
+    ended,
     is_alive,
     process_group,
     process_start,
@@ -127,8 +128,6 @@ STABLE_RUN = 1.0
 DRAIN_BATCH = 32
 """Units stepped before the loop gets a turn."""
 FINAL_SWEEP_GRACE = 2.0
-MAIN_POLL = 0.2
-"""Seconds between two looks at a main pid that this process may not reap."""
 STATUS_EVERY = 0.1
 """Seconds between two `status` events of one module; the latest text wins."""
 
@@ -1206,32 +1205,30 @@ class Orchestrator:
         """How the main pid a module named ended.
 
         It is reaped here once it is adopted; a main pid that another of the
-        module's processes reaps is seen to go in /proc. A stop never waits on
-        it for ever: once SIGKILL has been sent after the stop timeout, what
-        is still not gone a moment later is left behind.
+        module's processes reaps is seen to end through a pidfd. A stop never
+        waits on it for ever: `_kill` gives up on it a moment after SIGKILL.
         """
-        killed_at: float | None = None
-        while not handed.done():
-            await asyncio.wait({handed}, timeout=MAIN_POLL)
-            if handed.done():
-                break
-            if not is_alive(pid) or process_start(pid) != unit.main_started:
-                # A zombie of this process is reaped at any moment.
-                await asyncio.wait({handed}, timeout=SWEEP_POLL)
-                if handed.done():
-                    break
-                self.processes.unwatch(pid)
-                return ExitStatus(None, None)
-            if unit.killed:
-                killed_at = killed_at or time.monotonic()
-                if time.monotonic() - killed_at >= FINAL_SWEEP_GRACE:
-                    self.processes.unwatch(pid)
-                    unit.log.note(f"main pid {pid} outlived SIGKILL; leaving it")
-                    log.warning(
-                        "%s: main pid %d outlived SIGKILL; leaving it", unit.name, pid
-                    )
-                    return ExitStatus(None, signal.SIGKILL)
-        return handed.result()
+        if process_start(pid) == unit.main_started:
+            gone = ended(pid)
+            try:
+                await asyncio.wait({handed, gone}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                gone.cancel()
+        if not handed.done():
+            # A zombie of this process is reaped at any moment.
+            await asyncio.wait({handed}, timeout=SWEEP_POLL)
+        if handed.done():
+            return handed.result()
+        self.processes.unwatch(pid)
+        return ExitStatus(None, None)
+
+    def _leave_main(self, unit: Unit, pid: int, generation: int) -> None:
+        """A main pid that SIGKILL did not end in time is left behind."""
+        if unit.generation != generation or unit.main_pid != pid or not is_alive(pid):
+            return
+        unit.log.note(f"main pid {pid} outlived SIGKILL; leaving it")
+        log.warning("%s: main pid %d outlived SIGKILL; leaving it", unit.name, pid)
+        self.processes.unwatch(pid, ExitStatus(None, signal.SIGKILL))
 
     def _signal_main(self, unit: Unit, child: Child, sig: int) -> None:
         """Signal the main pid the module named, when the group's signal and
@@ -1654,6 +1651,14 @@ class Orchestrator:
         )
         self.processes.signal(child, signal.SIGKILL)
         self._signal_main(unit, child, signal.SIGKILL)
+        if unit.main_pid and unit.main_pid != child.pid:
+            asyncio.get_running_loop().call_later(
+                FINAL_SWEEP_GRACE,
+                self._leave_main,
+                unit,
+                unit.main_pid,
+                unit.generation,
+            )
 
     def _ended(
         self, unit: Unit, status: ExitStatus | None, stage: str, error: str | None

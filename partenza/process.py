@@ -38,6 +38,8 @@ PR_SET_CHILD_SUBREAPER = 36
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
 TOKEN_VARIABLE = "PARTENZA_TOKEN"
+MAIN_POLL = 0.2
+"""Seconds between two looks at a process `ended` cannot watch with a pidfd."""
 
 
 @dataclass(frozen=True)
@@ -290,9 +292,12 @@ class ProcessManager:
             self._watched[pid] = future
         return future
 
-    def unwatch(self, pid: int) -> None:
-        """Stop waiting for `pid`: it ended where this process cannot reap it."""
-        self._watched.pop(pid, None)
+    def unwatch(self, pid: int, status: ExitStatus | None = None) -> None:
+        """Stop waiting for `pid`: it ended where this process cannot reap it,
+        or is given up on; a waiter of `watch` is told `status` then."""
+        future = self._watched.pop(pid, None)
+        if future is not None and status is not None and not future.done():
+            future.set_result(status)
 
     def belongs(self, child: Child, pid: int) -> bool:
         """Whether `pid` is one of the processes of the module that `child`
@@ -459,6 +464,46 @@ def process_start(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def ended(pid: int) -> asyncio.Future[None]:
+    """A future set once `pid` has ended (a zombie counts), whoever reaps it.
+
+    It is watched through a pidfd, so nothing polls; where the kernel has no
+    pidfd (before Linux 5.3), it is looked at every MAIN_POLL seconds.
+    Cancelling the future stops the watch.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[None] = loop.create_future()
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        future.set_result(None)
+        return future
+    except OSError:
+
+        def look() -> None:
+            if future.done():
+                return
+            if is_alive(pid):
+                loop.call_later(MAIN_POLL, look)
+            else:
+                future.set_result(None)
+
+        look()
+        return future
+
+    def readable() -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def close(_: asyncio.Future[None]) -> None:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+    loop.add_reader(fd, readable)
+    future.add_done_callback(close)
+    return future
+
+
 def ancestors(pid: int) -> list[int]:
     """The parent of `pid`, its parent, and so on up to init."""
     line: list[int] = []
@@ -507,9 +552,5 @@ def processes_carrying(assignment: str) -> list[int]:
 
 def is_alive(pid: int) -> bool:
     """Whether `pid` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return False
-    return data[data.rfind(b")") + 2 :].split()[0] != b"Z"
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != b"Z"
